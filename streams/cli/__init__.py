@@ -1,0 +1,1 @@
+"""The `streams` command line. Entry point: streams.cli.main:main."""

@@ -1,0 +1,113 @@
+"""The `streams` command: root options, settings, and the sub-commands' registration.
+
+Options are declared as text and validated by the settings object, so a bad value from the
+command line, the environment or `.env` gets the same one-line error naming STREAMS_<NAME>.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from streams import logs
+from streams.errors import SettingsError, StreamsError
+from streams.settings import Settings, env_name, load_settings
+
+# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _settings_help() -> str:
+    lines = ["Settings (environment variables, or a .env file):"]
+    for name, info in Settings.model_fields.items():
+        lines.append(f"{env_name(name)}: {info.description or ''}".rstrip(": "))
+    # typer folds plain text; a blank line between entries keeps one per line.
+    return "\n\n".join(lines)
+
+
+app = typer.Typer(
+    help="streams: a Kafka-native ingestion reconciler.",
+    epilog=_settings_help(),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@dataclass
+class Context:
+    overrides: dict[str, object] = field(default_factory=dict)
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(**self.overrides)
+        return self._settings
+
+    def services(self) -> Settings:
+        """Settings with unset service addresses filled from running `streams dev` services."""
+        from streams.dev.services import with_local_services
+
+        return with_local_services(self.settings())
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Turn our own errors into one line on stderr and a non-zero exit code."""
+    try:
+        return func(*args, **kwargs)
+    except SettingsError as exc:
+        fail(str(exc))
+    except StreamsError as exc:
+        fail(str(exc), code=1)
+
+
+def _opt(envvar: str, help_text: str):  # type: ignore[no-untyped-def]
+    return typer.Option(envvar=envvar, help=help_text, show_envvar=True)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    kafka_bootstrap: Annotated[str | None, _opt("STREAMS_KAFKA_BOOTSTRAP", "Kafka bootstrap servers.")] = None,
+    database_url: Annotated[str | None, _opt("STREAMS_DATABASE_URL", "Postgres URL.")] = None,
+    target_url: Annotated[str | None, _opt("STREAMS_TARGET_URL", "Base URL of the target.")] = None,
+    topic_prefix: Annotated[str | None, _opt("STREAMS_TOPIC_PREFIX", "Prefix of every topic name.")] = None,
+    partitions: Annotated[str | None, _opt("STREAMS_PARTITIONS", "Partitions per topic.")] = None,
+    retry_tiers: Annotated[str | None, _opt("STREAMS_RETRY_TIERS", "Retry tier delays, e.g. 30s,5m,1h.")] = None,
+    batch_size: Annotated[str | None, _opt("STREAMS_BATCH_SIZE", "Entities per target call.")] = None,
+    log_level: Annotated[str | None, _opt("STREAMS_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    given = {
+        "kafka_bootstrap": kafka_bootstrap, "database_url": database_url, "target_url": target_url,
+        "topic_prefix": topic_prefix, "partitions": partitions, "retry_tiers": retry_tiers,
+        "batch_size": batch_size, "log_level": log_level,
+    }
+    context = Context(overrides={key: value for key, value in given.items() if value is not None})
+    ctx.obj = context
+    settings = run_guarded(context.settings)
+    logs.configure(settings.log_level)
+
+
+def register() -> typer.Typer:
+    from streams.cli import db, demo, dev, topics, worker
+
+    app.add_typer(dev.app, name="dev")
+    app.add_typer(topics.app, name="topics")
+    app.command("migrate")(db.migrate)
+    app.command("worker")(worker.worker)
+    app.command("demo")(demo.demo)
+    return app
+
+
+def main() -> None:
+    register()()

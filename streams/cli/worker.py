@@ -1,0 +1,28 @@
+"""`streams worker`: run a topology's agents; workers with the same app id share partitions."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+from streams.cli.main import Context, fail, run_guarded
+
+
+def worker(
+    ctx: typer.Context,
+    topology: Annotated[str, typer.Option(envvar="STREAMS_TOPOLOGY", show_envvar=True,
+                                          help="Module in topologies/ to run.")] = "default",
+) -> None:
+    """Run the topology's agents until SIGTERM/SIGINT."""
+    import faust
+
+    context: Context = ctx.obj
+    settings = context.services()
+    try:
+        module = importlib.import_module(f"topologies.{topology}")
+    except ModuleNotFoundError:
+        fail(f"STREAMS_TOPOLOGY: no topology named {topology!r} in topologies/")
+    faust_app = run_guarded(module.build, settings)
+    faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()

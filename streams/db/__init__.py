@@ -1,0 +1,1 @@
+"""The Postgres seam: connections, named queries from sql/, migrations."""

@@ -1,0 +1,58 @@
+"""The faust application every topology runs in, configured from the settings.
+
+faust (and aiokafka under it) is the consumer side of the topology; confluent-kafka is used for
+the producer client, admin and tooling. Both get the same security settings.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import faust
+
+from streams.kafka.config import bootstrap
+from streams.settings import Settings
+
+
+def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    context = None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        )
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username or "",
+            password=password,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def make_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+    port = settings.worker_port if web_port is None else web_port
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in bootstrap(settings).split(",")],
+        broker_credentials=_credentials(settings),
+        # Tables are small (one entry per run) and rebuilt from their compacted changelog.
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        # Our topics are created by `streams topics create` from streams.topics.
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # faust insists request timeout >= session timeout (60 s by default).
+        broker_request_timeout=max(90.0, settings.kafka_timeout * 3),
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        web_enabled=port != 0,
+        web_port=port or 6066,
+        web_bind="0.0.0.0",
+        autodiscover=False,
+    )

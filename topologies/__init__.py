@@ -1,0 +1,1 @@
+"""How agents, topics and tiers are wired for a deployment. `streams worker --topology NAME`."""
