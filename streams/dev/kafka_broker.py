@@ -84,8 +84,12 @@ def _java() -> str:
 
 
 def _cluster_id() -> str:
-    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding. Like Kafka's
+    # own generator, avoid a leading '-', which a command line would read as an option.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
@@ -179,7 +183,7 @@ def start(home: Path, *, version: str, heap: str, maven_repo: Path | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
         fmt = subprocess.run(  # noqa: S603
             [java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", _cluster_id(), "-c", str(properties), "--ignore-formatted"],
+             f"--cluster-id={_cluster_id()}", "-c", str(properties), "--ignore-formatted"],
             capture_output=True, text=True, timeout=120, check=False,
         )
         if fmt.returncode != 0:

@@ -66,6 +66,14 @@ def _run_as() -> str | None:
     return SYSTEM_USER
 
 
+def _identity(user: str | None) -> dict[str, object]:
+    """subprocess arguments that drop to `user` completely (uid, gid and groups)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _grant_traversal(path: Path) -> None:
     """Let the unprivileged server user reach `path` (o+x on each parent, as the wheel does)."""
     for parent in [path, *path.parents]:
@@ -85,7 +93,7 @@ def _initdb(data_dir: Path, user: str | None) -> None:
     result = subprocess.run(  # noqa: S603
         [str(bin_dir() / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust",
          "--encoding=UTF8", "--locale=C", "--no-instructions"],
-        capture_output=True, text=True, timeout=120, check=False, user=user,
+        capture_output=True, text=True, timeout=120, check=False, **_identity(user),
     )
     if result.returncode != 0:
         raise DevServiceError("initdb failed:\n" + (result.stderr or result.stdout)[-2000:])
@@ -143,7 +151,7 @@ def start(home: Path, *, fsync: bool = True) -> tuple[ServiceState, bool]:
         "-c", f"synchronous_commit={'on' if fsync else 'off'}",
         "-c", f"full_page_writes={'on' if fsync else 'off'}",
     ]
-    pid = spawn(argv, log_file, user=user)
+    pid = spawn(argv, log_file, identity=_identity(user))
     state = ServiceState(
         name="postgres", pid=pid, port=port, marker=str(data_dir), version=version(),
         url=url(port), log=str(log_file), started_at=time.time(),

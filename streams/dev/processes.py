@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -78,7 +79,14 @@ def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
         return int(sock.getsockname()[1])
 
 
-def spawn(argv: list[str], log_path: Path, *, user: str | None = None, env: dict[str, str] | None = None) -> int:
+# Children started by this process. Keeping their Popen objects alive means Python does not
+# warn about (or reap) a detached service when the object is garbage-collected; stop_pid()
+# waits through them so no zombie is left behind.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn(argv: list[str], log_path: Path, *, identity: dict[str, Any] | None = None,
+          env: dict[str, str] | None = None) -> int:
     """Start a detached process (its own session, so Ctrl-C in the caller does not reach it)."""
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from input
@@ -87,9 +95,10 @@ def spawn(argv: list[str], log_path: Path, *, user: str | None = None, env: dict
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            user=user,
             env=env,
+            **(identity or {}),
         )
+    _CHILDREN[process.pid] = process
     return process.pid
 
 
@@ -115,9 +124,16 @@ def stop_pid(pid: int, *, sig: int = signal.SIGTERM, timeout: float = 30.0) -> b
         os.kill(pid, sig)
     except (psutil.NoSuchProcess, ProcessLookupError):
         return False
+    child = _CHILDREN.pop(pid, None)
     try:
-        process.wait(timeout)
-    except psutil.TimeoutExpired:
+        if child is not None:
+            child.wait(timeout)
+        else:
+            process.wait(timeout)
+    except (psutil.TimeoutExpired, subprocess.TimeoutExpired):
         process.kill()
-        process.wait(10)
+        if child is not None:
+            child.wait(10)
+        else:
+            process.wait(10)
     return True
