@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         None, description="Postgres URL (postgresql://…). Unset: the `streams dev` Postgres."
     )
     database_pool_size: PositiveInt = 8
-    database_timeout: Duration = Field(10.0, description="Connect and statement timeout.")
+    database_timeout: Duration = Field(30.0, description="Connect and statement timeout.")
 
     target_url: str | None = Field(None, description="Base URL of the bulk-plan-apply target.")
     target_token: SecretStr | None = Field(None, description="Bearer token for the target; never logged.")

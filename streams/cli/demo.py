@@ -1,7 +1,8 @@
-"""`streams demo`: everything from nothing, then stop what it started.
+"""`streams demo`: the whole topology from nothing, then stop everything it started.
 
-Until the ingest topology exists, the demo brings the services up, creates the topics and runs
-the smoke pipeline through a real faust worker.
+Kafka and Postgres (unless running or external), a fresh `streams_demo` database, migrations,
+topics under a fresh prefix, the reference target and one worker; then a few runs of generated
+NetBox-like entities with duplicates, live progress per run, and a table of states per run.
 """
 
 from __future__ import annotations
@@ -9,62 +10,113 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
+from psycopg import sql
+from pydantic import SecretStr
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli.main import Context, console, run_guarded
+from streams.cli.main import Context, console, fail, run_guarded
+from streams.client.generate import generate_entities
+from streams.client.producer import IngestProducer
 from streams.db.connect import conninfo
 from streams.db.migrate import migrate
+from streams.db.reports import RunStates, run_states
 from streams.dev import services
 from streams.dev.workers import start_worker, stop_worker
 from streams.kafka.admin import create_topics
-from streams.topics import TopicSpec, topology
+from streams.settings import Settings
+from streams.target.launch import start_target
+from streams.topics import topology
+
+DEMO_DATABASE = "streams_demo"
+# (run id, generator seed, entities): the last run sweeps dc1 again, so it is all duplicates.
+RUNS = (("dc1-sweep", 1, 6000), ("dc2-sweep", 2, 6000), ("dc3-sweep", 3, 6000), ("dc1-resweep", 1, 2000))
 
 
 def demo(
     ctx: typer.Context,
-    records: Annotated[int, typer.Option(help="Records to send through the smoke pipeline.")] = 5000,
     keep_services: Annotated[bool, typer.Option(help="Leave Kafka and Postgres running afterwards.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
 ) -> None:
-    """Start Kafka and Postgres, migrate, create topics, run a worker, send records, report."""
-    from topologies import smoke
-
+    """Start everything, ingest ~20k entities in four runs, show where every entity ended up."""
     context: Context = ctx.obj
     base = context.settings()
     started_at = time.monotonic()
-    with console.status("starting Kafka and Postgres…"):
-        before = {report.name for report in run_guarded(services.status, base) if report.running}
-        run_guarded(services.up, base)
-    settings = services.with_local_services(base)
-    # A fresh prefix and group per demo run, so a second demo starts from a clean slate.
-    settings = settings.model_copy(update={"topic_prefix": f"demo-{uuid.uuid4().hex[:6]}.",
-                                            "app_id": f"demo-{uuid.uuid4().hex[:6]}", "worker_port": 0})
-    worker = None
-    try:
-        applied = run_guarded(migrate, conninfo(settings))
-        console.print(f"migrations: {', '.join(applied) or 'up to date'}")
-        source, sink = smoke.topic_names(settings)
-        specs = topology(settings)
-        extra = [TopicSpec(name, specs[0].role, settings.partitions, 1, {}) for name in (source, sink)]
-        run_guarded(create_topics, settings, specs + extra)
-        console.print(f"topics: {len(specs) + 2} under prefix {settings.topic_prefix!r}")
-        log_path = Path(tempfile.gettempdir()) / f"streams-demo-worker-{settings.app_id}.log"
-        worker = start_worker(settings, topology="smoke", log_path=log_path)
-        with console.status(f"sending {records} records through the smoke pipeline…"):
-            result = smoke.check(settings, count=records, alive=lambda: worker.poll() is None)
-    finally:
-        if worker is not None:
-            stop_worker(worker)
-        if not keep_services:
-            # Stop only what this demo started; services that ran before it keep running.
-            if not before:
-                run_guarded(services.down, base)
-    table = Table("sent", "copied by the worker", "offsets committed", "seconds")
-    table.add_row(str(result["sent"]), str(result["copied"]), str(result["committed"]),
-                  f"{time.monotonic() - started_at:.1f}")
+    with ExitStack() as cleanup:
+        with console.status("starting Kafka and Postgres (the first run downloads the Kafka jars)…"):
+            running_before = {r.name for r in run_guarded(services.status, base) if r.running}
+            run_guarded(services.up, base)
+        if not keep_services and not running_before:
+            cleanup.callback(lambda: run_guarded(services.down, base))
+        settings = _demo_settings(services.with_local_services(base))
+        console.print(f"database: {DEMO_DATABASE} (recreated); migrations: "
+                      f"{', '.join(run_guarded(migrate, conninfo(settings))) or 'up to date'}")
+        run_guarded(create_topics, settings, topology(settings))
+        console.print(f"topics: {len(topology(settings))} under prefix {settings.topic_prefix!r}")
+
+        logs = Path(tempfile.mkdtemp(prefix="streams-demo-"))
+        target = start_target(conninfo(settings), log_path=logs / "target.log")
+        cleanup.callback(target.stop)
+        settings = settings.model_copy(update={"target_url": target.url})
+        worker = start_worker(settings, log_path=logs / "worker.log")
+        cleanup.callback(lambda: stop_worker(worker))
+        console.print(f"reference target at {target.url}; worker pid {worker.pid}; logs in {logs}")
+
+        with IngestProducer(settings) as producer:
+            for run_id, seed, count in RUNS:
+                producer.send_run(run_id, generate_entities(count, seed=seed, duplicate_ratio=0.1), batch_size=500)
+        console.print(f"sent {sum(c for _, _, c in RUNS)} entities in {len(RUNS)} runs")
+        final = _follow(settings, timeout, alive=lambda: worker.poll() is None)
+    _report(final, time.monotonic() - started_at)
+    if any(state.in_flight or state.settled < state.entities for state in final):
+        fail(f"not every entity settled within {timeout:.0f}s; see the worker log", code=1)
+
+
+def _demo_settings(settings: Settings) -> Settings:
+    url = conninfo(settings)
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+    tag = uuid.uuid4().hex[:6]
+    return settings.model_copy(update={
+        "database_url": SecretStr(url.rsplit("/", 1)[0] + f"/{DEMO_DATABASE}"),
+        "topic_prefix": f"demo-{tag}.", "app_id": f"demo-{tag}", "worker_port": 0, "partitions": 4,
+    })
+
+
+def _follow(settings: Settings, timeout: float, alive) -> list[RunStates]:  # type: ignore[no-untyped-def]
+    """Live progress per run until every sent entity has an outcome."""
+    wanted = {run_id: count for run_id, _, count in RUNS}
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    deadline = time.monotonic() + timeout
+    states: list[RunStates] = []
+    with Progress(*columns, console=console) as progress:
+        tasks = {run_id: progress.add_task(run_id, total=count, detail="") for run_id, count in wanted.items()}
+        while time.monotonic() < deadline and alive():
+            states = run_states(conninfo(settings), list(wanted))
+            for state in states:
+                progress.update(tasks[state.run_id], completed=state.settled,
+                                detail=f"applied {state.applied}  no-change {state.no_changes}  "
+                                       f"dup {state.duplicates}  in flight {state.in_flight}")
+            if len(states) == len(wanted) and all(
+                    s.entities == wanted[s.run_id] and s.settled == s.entities and not s.in_flight for s in states):
+                break
+            time.sleep(0.5)
+    return states
+
+
+def _report(states: list[RunStates], seconds: float) -> None:
+    table = Table("run", "batches", "entities", "applied", "no changes", "duplicates", "failed", "errored",
+                  "queued/applying", title=f"where every entity ended up ({seconds:.1f}s in all)")
+    for s in states:
+        table.add_row(s.run_id, str(s.batches), str(s.entities), str(s.applied), str(s.no_changes),
+                      str(s.duplicates), str(s.failed), str(s.errored), str(s.queued + s.applying))
     console.print(table)
-    if result["copied"] != records or result["committed"] < records:
-        raise typer.Exit(1)

@@ -99,12 +99,14 @@ def root(
 
 
 def register() -> typer.Typer:
-    from streams.cli import db, demo, dev, topics, worker
+    from streams.cli import db, demo, dev, produce, target, topics, worker
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(topics.app, name="topics")
     app.command("migrate")(db.migrate)
     app.command("worker")(worker.worker)
+    app.command("target")(target.target)
+    app.command("produce")(produce.produce)
     app.command("demo")(demo.demo)
     return app
 

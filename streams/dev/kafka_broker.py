@@ -145,14 +145,24 @@ logger.org.level = WARN
 """
 
 
-def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when the broker answers a metadata request."""
+def broker_answers(bootstrap: str, timeout: float = 2.0, cluster_id: str | None = None) -> bool:
+    """True when a broker answers a metadata request (ours, when `cluster_id` is given)."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000), "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
         return False
-    return bool(metadata.brokers)
+    return bool(metadata.brokers) and (cluster_id is None or metadata.cluster_id == cluster_id)
+
+
+def _cluster_id_of(data_dir: Path) -> str | None:
+    try:
+        for line in (data_dir / "meta.properties").read_text().splitlines():
+            if line.startswith("cluster.id="):
+                return line.split("=", 1)[1].strip()
+    except FileNotFoundError:
+        return None
+    return None
 
 
 def start(home: Path, *, version: str, heap: str, maven_repo: Path | None = None) -> tuple[ServiceState, bool]:
@@ -205,8 +215,9 @@ def start(home: Path, *, version: str, heap: str, maven_repo: Path | None = None
     )
     write_state(state_file, state)
     (kafka_home / "controller.port").write_text(str(controller_port))
-    wait_until(lambda: broker_answers(bootstrap), timeout=_START_TIMEOUT, what="Kafka broker",
-               alive=lambda: is_running(state))
+    ours = _cluster_id_of(data_dir)
+    wait_until(lambda: broker_answers(bootstrap, cluster_id=ours), timeout=_START_TIMEOUT,
+               what="Kafka broker", alive=lambda: is_running(state))
     log.info("Kafka %s up at %s (pid %d)", version, bootstrap, pid)
     return state, True
 

@@ -103,13 +103,14 @@ def url(port: int, database: str = DATABASE) -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, data_dir: Path) -> bool:
+    """True when *our* server answers on `port` (another one may have taken the port first)."""
     try:
         with psycopg.connect(url(port, "postgres"), connect_timeout=2, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-        return True
+            row = conn.execute("SELECT current_setting('data_directory')").fetchone()
     except psycopg.OperationalError:
         return False
+    return row is not None and Path(row[0]).resolve() == data_dir.resolve()
 
 
 def ensure_database(port: int, database: str = DATABASE) -> None:
@@ -137,12 +138,25 @@ def start(home: Path, *, fsync: bool = True) -> tuple[ServiceState, bool]:
         # The state file said "not running", so this is left from a crash; postgres refuses to
         # start while it exists and names a live process, which may be an unrelated one now.
         stale_pid.unlink()
-    port = free_port(preferred=current.port if current else None)
     log_file = pg_home / "postgres.log"
     if user is not None:
         log_file.touch()
         entry = pwd.getpwnam(user)
         os.chown(log_file, entry.pw_uid, entry.pw_gid)
+    preferred = current.port if current else None
+    for attempt in range(3):
+        # A port found free can be taken by someone else before postgres binds it: try another.
+        port = free_port(preferred=preferred if attempt == 0 else None)
+        try:
+            return _spawn(data_dir, port, log_file, state_file, user, fsync), True
+        except DevServiceError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _spawn(data_dir: Path, port: int, log_file: Path, state_file: Path, user: str | None,
+           fsync: bool) -> ServiceState:
     argv = [
         str(bin_dir() / "postgres"), "-D", str(data_dir),
         "-h", "127.0.0.1", "-p", str(port), "-k", "",
@@ -157,10 +171,11 @@ def start(home: Path, *, fsync: bool = True) -> tuple[ServiceState, bool]:
         url=url(port), log=str(log_file), started_at=time.time(),
     )
     write_state(state_file, state)
-    wait_until(lambda: _answers(port), timeout=_START_TIMEOUT, what="Postgres", alive=lambda: is_running(state))
+    wait_until(lambda: _answers(port, data_dir), timeout=_START_TIMEOUT, what="Postgres",
+               alive=lambda: is_running(state))
     ensure_database(port)
     log.info("Postgres %s up on port %d (pid %d)", state.version, port, pid)
-    return state, True
+    return state
 
 
 def state(home: Path) -> ServiceState | None:

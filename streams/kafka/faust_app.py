@@ -47,6 +47,8 @@ def make_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Work records and dead letters repeat the entity JSON; lz4 shrinks them several-fold.
+        producer_compression_type="lz4",
         # faust insists request timeout >= session timeout (60 s by default).
         broker_request_timeout=max(90.0, settings.kafka_timeout * 3),
         broker_commit_interval=1.0,

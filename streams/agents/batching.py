@@ -1,0 +1,168 @@
+"""Batches of Kafka events whose offsets are acked only once their outcome is durable.
+
+faust acks an event when the agent moves past it, and its `take()` family acks the whole
+buffer in a `finally:` even when the agent body raised (faust issues #527, #315): the offsets
+of records that were never processed get committed. Here the stream is consumed with acks
+off (`stream.enable_acks = False`); faust still tracks every event as unacked and commits only up to the
+first unacked offset of each partition. An event is acked after the handler returned, that is
+after its rows are committed and the records it produced are flushed, or after it was
+dead-lettered. So:
+
+- an error that is the infrastructure's (Postgres or Kafka unreachable) retries the same batch
+  with backoff, forever: the partition waits, nothing is skipped;
+- any other error retries the batch a few times, then each record alone; a record that still
+  fails is handed to `dead_letter` with the reason, then acked;
+- a crash or a shutdown mid-batch leaves the batch unacked, so it is delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+import psycopg
+import psycopg_pool
+from aiokafka.errors import KafkaError
+
+from streams import metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Sequence[faust.types.EventT]], Awaitable[None]]
+DeadLetter = Callable[[faust.types.EventT, BaseException], Awaitable[None]]
+
+BATCH_TRIES = 3
+RECORD_TRIES = 2
+MAX_BACKOFF = 30.0
+
+
+def is_infrastructure(error: BaseException) -> bool:
+    """Errors that say nothing about the record: retrying later is the only right answer."""
+    if isinstance(error, (psycopg.OperationalError, psycopg_pool.PoolTimeout, KafkaError,
+                          ConnectionError, TimeoutError)):
+        return True
+    return isinstance(error, psycopg.Error) and getattr(error, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+# serialization_failure, deadlock_detected, lock_not_available, query_canceled (statement timeout),
+# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
+
+
+def backoff(attempt: int) -> float:
+    return min(MAX_BACKOFF, 0.2 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+
+
+class GuardedBatches:
+    """Runs `handler` over batches of up to `max_records` events gathered for up to `within` s."""
+
+    def __init__(self, name: str, handler: Handler, dead_letter: DeadLetter, *,
+                 max_records: int, within: float) -> None:
+        self.name = name
+        self.handler = handler
+        self.dead_letter = dead_letter
+        self.max_records = max_records
+        self.within = within
+
+    async def run(self, stream: faust.StreamT) -> None:
+        # Acks off on the agent's own stream (as faust's take() does internally, but for good):
+        # a clone made with stream.noack() is stopped by faust after the first batch.
+        source = stream
+        source.enable_acks = False
+        events = source.events().__aiter__()
+        pending: asyncio.Future[Any] | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                batch: list[faust.types.EventT] = []
+                deadline = 0.0
+                while len(batch) < self.max_records:
+                    if pending is None:
+                        pending = asyncio.ensure_future(events.__anext__())
+                    timeout = None if not batch else max(0.0, deadline - loop.time())
+                    done, _ = await asyncio.wait({pending}, timeout=timeout)
+                    if not done:
+                        break  # the window closed; the pending read carries over to the next batch
+                    try:
+                        event = pending.result()
+                    except StopAsyncIteration:
+                        return  # the stream ended: the worker is stopping; the batch stays unacked
+                    finally:
+                        pending = None
+                    if not batch:
+                        deadline = loop.time() + self.within
+                    batch.append(event)
+                await self._settle(batch)
+                for event in batch:
+                    await source.ack(event)
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+    async def _settle(self, batch: list[faust.types.EventT]) -> None:
+        started = time.perf_counter()
+        try:
+            if await self._attempt(batch, BATCH_TRIES):
+                metrics.RECORDS.labels(agent=self.name, outcome="processed").inc(len(batch))
+                return
+            # Something in the batch fails every time: find which record, settle the others.
+            for event in batch:
+                if await self._attempt([event], RECORD_TRIES):
+                    metrics.RECORDS.labels(agent=self.name, outcome="processed").inc()
+                else:
+                    await self._dead_letter(event)
+        finally:
+            metrics.BATCH_SECONDS.labels(agent=self.name).observe(time.perf_counter() - started)
+
+    async def _attempt(self, batch: list[faust.types.EventT], tries: int) -> bool:
+        failures = 0
+        while True:
+            try:
+                await self.handler(batch)
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error is classified below
+                self._last_error = exc
+                metrics.RETRIES.labels(agent=self.name).inc()
+                infra = is_infrastructure(exc)
+                if not infra:
+                    failures += 1
+                first = batch[0].message
+                log.warning(
+                    "batch failed; it will be processed again" if infra or failures < tries
+                    else "batch keeps failing",
+                    extra={"agent": self.name, "error": type(exc).__name__, "detail": str(exc)[:300],
+                           "infrastructure": infra, "records": len(batch), "topic": first.topic,
+                           "partition": first.partition, "offset": first.offset, "failures": failures},
+                    exc_info=not infra,
+                )
+                if not infra and failures >= tries:
+                    return False
+                await asyncio.sleep(backoff(failures if not infra else 3))
+
+    async def _dead_letter(self, event: faust.types.EventT) -> None:
+        error = self._last_error
+        attempt = 0
+        while True:
+            try:
+                await self.dead_letter(event, error)
+                metrics.RECORDS.labels(agent=self.name, outcome="dead_lettered").inc()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the dead-letter write must not be skipped
+                attempt += 1
+                log.error("dead-letter write failed; retrying",
+                          extra={"agent": self.name, "error": type(exc).__name__, "attempt": attempt})
+                await asyncio.sleep(backoff(attempt))
+
+    _last_error: BaseException = RuntimeError("no error")

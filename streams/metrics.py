@@ -1,0 +1,21 @@
+"""Prometheus metrics of a worker. Labels are bounded sets (agent, outcome, status, error
+class, topic role), never run ids, entity ids or topic names with a tenant prefix."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECORDS = Counter("streams_records_total", "Kafka records handled, by agent and outcome.", ["agent", "outcome"])
+ENTITIES = Counter("streams_entities_total", "Entities by final or intermediate outcome.", ["outcome"])
+DEAD_LETTERS = Counter("streams_dead_letters_total", "Records sent to the dead-letter topic.", ["error_class"])
+BATCH_SECONDS = Histogram(
+    "streams_batch_seconds", "Time to process one batch of records, by agent.", ["agent"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TARGET_REQUESTS = Counter("streams_target_requests_total", "bulk-plan-apply calls by HTTP status.", ["status"])
+TARGET_SECONDS = Histogram(
+    "streams_target_request_seconds", "Duration of one bulk-plan-apply call.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+RETRIES = Counter("streams_batch_retries_total", "Batches processed again after an error, by agent.", ["agent"])
+HEALTHY = Gauge("streams_worker_healthy", "1 while the worker's resources answer, else 0.")

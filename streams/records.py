@@ -1,0 +1,85 @@
+"""The records `streams` writes to its own topics: work records and run events.
+
+Internal wire shapes (JSON via orjson), produced and consumed only by our agents, so they are
+plain frozen dataclasses without validation on the way in. The producer-facing records are in
+streams.models and schemas/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    id: str  # ingestion_logs.id, the target's idempotency key
+    object_type: str
+    entity: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkRecord:
+    """A batch of accepted entities for plan-apply, on `ingest.work` and the retry tiers."""
+
+    run_id: str
+    batch: int
+    items: tuple[WorkItem, ...]
+    attempt: int = 1  # the attempt this record will make; retries carry it in x-attempt too
+
+    @property
+    def work_id(self) -> str:
+        """The claim this record holds on its rows; a redelivery of the same record re-claims
+        its own APPLYING rows, a different record (or attempt) cannot take them."""
+        return f"{self.run_id}/{self.batch}/{self.attempt}"
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "run_id": self.run_id, "batch": self.batch, "attempt": self.attempt,
+            "items": [{"id": i.id, "object_type": i.object_type, "entity": i.entity} for i in self.items],
+        })
+
+    @classmethod
+    def decode(cls, data: bytes) -> WorkRecord:
+        raw = orjson.loads(data)
+        items = tuple(WorkItem(i["id"], i["object_type"], i["entity"]) for i in raw["items"])
+        return cls(raw["run_id"], int(raw["batch"]), items, int(raw.get("attempt", 1)))
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """An accounting event on `ingest.run-events`, keyed by run_id.
+
+    `event_id` is deterministic for the fact it reports, so the run tracker can count an event
+    delivered twice (after a crash or a redelivered batch) exactly once.
+    """
+
+    type: str  # batch_accepted | sealed | entities_settled
+    event_id: str
+    run_id: str
+    batch: int | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    producer: dict[str, Any] | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({k: v for k, v in asdict(self).items() if v is not None})
+
+    @classmethod
+    def decode(cls, data: bytes) -> RunEvent:
+        return cls(**orjson.loads(data))
+
+
+def batch_accepted(run_id: str, batch: int, *, entities: int, new: int, duplicates: int,
+                   producer: dict[str, Any] | None) -> RunEvent:
+    return RunEvent("batch_accepted", f"accepted:{run_id}:{batch}", run_id, batch,
+                    {"entities": entities, "new": new, "duplicates": duplicates}, producer)
+
+
+def sealed(run_id: str, batches: int) -> RunEvent:
+    return RunEvent("sealed", f"sealed:{run_id}", run_id, None, {"batches": batches})
+
+
+def entities_settled(work: WorkRecord, counts: dict[str, int]) -> RunEvent:
+    return RunEvent("entities_settled", f"settled:{work.work_id}", work.run_id, work.batch, counts)

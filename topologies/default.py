@@ -1,0 +1,58 @@
+"""The ingest topology: ingest agent, plan-apply agent, wired to the topics of streams.topics.
+
+    ingest ──► [ingest] ──► ingest.work ──► [plan-apply] ──► target
+                  │  invalid ─► ingest.dlq        │ settled
+                  └──────────► ingest.run-events ◄┘
+"""
+
+from __future__ import annotations
+
+import faust
+from faust.contrib.asgi import serve_asgi
+
+from streams.agents.batching import GuardedBatches
+from streams.agents.ingest import IngestAgent, IngestTopics
+from streams.agents.plan_apply import ApplyTopics, PlanApplyAgent
+from streams.agents.resources import Resources, closing_service
+from streams.agents.web import health_app
+from streams.kafka.faust_app import make_app
+from streams.settings import Settings
+from streams.topics import topic_names
+
+# Ingest records carry up to 1000 entities each: 20 records make one COPY of up to 20k rows.
+INGEST_RECORDS_PER_BATCH = 20
+INGEST_WINDOW = 0.2
+APPLY_WINDOW = 0.05
+
+
+def build(settings: Settings) -> faust.App:
+    app = make_app(settings)
+    names = topic_names(settings)
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+
+    resources = Resources(settings)
+    app.service(closing_service(resources))
+    dlq, run_events = topic(names.dlq), topic(names.run_events)
+
+    ingest = IngestAgent(settings, IngestTopics(work=topic(names.work), run_events=run_events, dlq=dlq), resources)
+    ingest_batches = GuardedBatches("ingest", ingest.handle, ingest.dead_letter,
+                                    max_records=INGEST_RECORDS_PER_BATCH, within=INGEST_WINDOW)
+
+    @app.agent(topic(names.ingest), name="ingest")
+    async def ingest_agent(stream: faust.StreamT) -> None:
+        await ingest_batches.run(stream)
+
+    plan_apply = PlanApplyAgent(settings, ApplyTopics(run_events=run_events, dlq=dlq), resources)
+    # Enough work records in flight to keep every HTTP slot of the worker busy.
+    apply_batches = GuardedBatches("plan-apply", plan_apply.handle, plan_apply.dead_letter,
+                                   max_records=max(2, settings.http_concurrency * 2), within=APPLY_WINDOW)
+
+    @app.agent(topic(names.work), name="plan-apply")
+    async def plan_apply_agent(stream: faust.StreamT) -> None:
+        await apply_batches.run(stream)
+
+    if settings.worker_port:
+        serve_asgi(app, health_app(resources), port=settings.worker_port)
+    return app
