@@ -8,13 +8,14 @@ streams.models and schemas/.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True)
-class WorkItem:
+class WorkItem(NamedTuple):
+    """A NamedTuple, not a dataclass: work records hold thousands and are decoded in bulk."""
+
     id: str  # ingestion_logs.id, the target's idempotency key
     object_type: str
     entity: dict[str, Any]

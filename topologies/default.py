@@ -21,11 +21,16 @@ from streams.topics import topic_names
 
 # Ingest records carry up to 1000 entities each: 20 records make one COPY of up to 20k rows.
 INGEST_RECORDS_PER_BATCH = 20
+# Two actors: one decodes and hashes a chunk while the other waits on its COPY.
+INGEST_CONCURRENCY = 2
+# Two plan-apply actors: a batch's slowest work record no longer holds up the next batch.
+# Safe because rows are claimed per work record before any call is made.
+APPLY_CONCURRENCY = 2
 INGEST_WINDOW = 0.2
 APPLY_WINDOW = 0.05
 
 
-def build(settings: Settings) -> faust.App:
+def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
     app = make_app(settings)
     names = topic_names(settings)
 
@@ -40,18 +45,19 @@ def build(settings: Settings) -> faust.App:
     ingest_batches = GuardedBatches("ingest", ingest.handle, ingest.dead_letter,
                                     max_records=INGEST_RECORDS_PER_BATCH, within=INGEST_WINDOW)
 
-    @app.agent(topic(names.ingest), name="ingest")
+    @app.agent(topic(names.ingest), name="ingest", concurrency=INGEST_CONCURRENCY)
     async def ingest_agent(stream: faust.StreamT) -> None:
         await ingest_batches.run(stream)
 
-    plan_apply = PlanApplyAgent(settings, ApplyTopics(run_events=run_events, dlq=dlq), resources)
-    # Enough work records in flight to keep every HTTP slot of the worker busy.
-    apply_batches = GuardedBatches("plan-apply", plan_apply.handle, plan_apply.dead_letter,
-                                   max_records=max(2, settings.http_concurrency * 2), within=APPLY_WINDOW)
+    if plan_apply_enabled:
+        plan_apply = PlanApplyAgent(settings, ApplyTopics(run_events=run_events, dlq=dlq), resources)
+        # Enough work records in flight to keep every HTTP slot of the worker busy.
+        apply_batches = GuardedBatches("plan-apply", plan_apply.handle, plan_apply.dead_letter,
+                                       max_records=max(2, settings.http_concurrency * 2), within=APPLY_WINDOW)
 
-    @app.agent(topic(names.work), name="plan-apply")
-    async def plan_apply_agent(stream: faust.StreamT) -> None:
-        await apply_batches.run(stream)
+        @app.agent(topic(names.work), name="plan-apply", concurrency=APPLY_CONCURRENCY)
+        async def plan_apply_agent(stream: faust.StreamT) -> None:
+            await apply_batches.run(stream)
 
     if settings.worker_port:
         serve_asgi(app, health_app(resources), port=settings.worker_port)

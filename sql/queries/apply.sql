@@ -22,7 +22,10 @@ SELECT id, state
 UPDATE ingestion_logs AS l
    SET state = o.state, last_error = o.error, next_attempt_at = NULL, updated_at = now()
   FROM unnest(%(ids)b::uuid[], %(states)b::int2[], %(errors)b::jsonb[]) AS o(id, state, error)
- WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8;
+ WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
+   -- Without this the planner may filter the whole table on claimed_by and join afterwards:
+   -- one scan per work record, quadratic in the table size. The id list keeps it on the key.
+   AND l.id = ANY(%(ids)b::uuid[]);
 
 -- name: insert_change_sets
 -- The target returns the same change set again for an id it already applied: keep the first.

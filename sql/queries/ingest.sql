@@ -24,7 +24,8 @@ SELECT DISTINCT ON (entity_hash) entity_hash, id
 UPDATE ingestion_logs AS l
    SET duplicate_count = l.duplicate_count + d.n, last_seen = now(), updated_at = now()
   FROM unnest(%(ids)b::uuid[], %(counts)b::int4[]) AS d(id, n)
- WHERE l.id = d.id;
+ WHERE l.id = d.id
+   AND l.id = ANY(%(ids)b::uuid[]);  -- keeps the plan on the primary key (see apply.sql)
 
 -- name: copy_new_rows
 COPY ingestion_logs (id, request_id, run_id, batch, object_type, entity, entity_hash,

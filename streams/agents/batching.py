@@ -110,28 +110,29 @@ class GuardedBatches:
     async def _settle(self, batch: list[faust.types.EventT]) -> None:
         started = time.perf_counter()
         try:
-            if await self._attempt(batch, BATCH_TRIES):
+            if await self._attempt(batch, BATCH_TRIES) is None:
                 metrics.RECORDS.labels(agent=self.name, outcome="processed").inc(len(batch))
                 return
             # Something in the batch fails every time: find which record, settle the others.
             for event in batch:
-                if await self._attempt([event], RECORD_TRIES):
+                error = await self._attempt([event], RECORD_TRIES)
+                if error is None:
                     metrics.RECORDS.labels(agent=self.name, outcome="processed").inc()
                 else:
-                    await self._dead_letter(event)
+                    await self._dead_letter(event, error)
         finally:
             metrics.BATCH_SECONDS.labels(agent=self.name).observe(time.perf_counter() - started)
 
-    async def _attempt(self, batch: list[faust.types.EventT], tries: int) -> bool:
+    async def _attempt(self, batch: list[faust.types.EventT], tries: int) -> BaseException | None:
+        """Run the handler until it succeeds (None) or fails `tries` times (the last error)."""
         failures = 0
         while True:
             try:
                 await self.handler(batch)
-                return True
+                return None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every error is classified below
-                self._last_error = exc
                 metrics.RETRIES.labels(agent=self.name).inc()
                 infra = is_infrastructure(exc)
                 if not infra:
@@ -146,11 +147,10 @@ class GuardedBatches:
                     exc_info=not infra,
                 )
                 if not infra and failures >= tries:
-                    return False
+                    return exc
                 await asyncio.sleep(backoff(failures if not infra else 3))
 
-    async def _dead_letter(self, event: faust.types.EventT) -> None:
-        error = self._last_error
+    async def _dead_letter(self, event: faust.types.EventT, error: BaseException) -> None:
         attempt = 0
         while True:
             try:
@@ -164,5 +164,3 @@ class GuardedBatches:
                 log.error("dead-letter write failed; retrying",
                           extra={"agent": self.name, "error": type(exc).__name__, "attempt": attempt})
                 await asyncio.sleep(backoff(attempt))
-
-    _last_error: BaseException = RuntimeError("no error")

@@ -9,6 +9,7 @@ GuardedBatches only after that flush.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -34,6 +35,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 Q = named("ingest")
+COMMON = named("common")
 _COPY_TYPES = ["uuid", "text", "text", "int4", "text", "jsonb", "bytea", "text", "int4", "int8"]
 
 
@@ -49,6 +51,9 @@ class IngestAgent:
         self.settings = settings
         self.topics = topics
         self.resources = resources
+        # Several actors decode and hash concurrently, but their dedup lookup and COPY take
+        # turns: two chunks in flight must not both insert the same entity as new.
+        self._store_lock = asyncio.Lock()
 
     async def handle(self, events: Sequence[faust.types.EventT]) -> None:
         outbox = Outbox()
@@ -105,7 +110,8 @@ class IngestAgent:
         for hashed in batches:
             unique.setdefault(hashed.key, hashed)
         pool = await self.resources.pool()
-        async with pool.connection() as conn, conn.transaction():
+        async with self._store_lock, pool.connection() as conn, conn.transaction():
+            await conn.execute(COMMON["prefer_hash_joins"])
             new_keys = await self._claim(conn, list(unique.values()))
             new = [b for b in unique.values() if b.key in new_keys]
             known = [b for b in unique.values() if b.key not in new_keys]

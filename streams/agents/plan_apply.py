@@ -35,6 +35,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 Q = named("apply")
+COMMON = named("common")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class PlanApplyAgent:
     async def _record(self, work: WorkRecord, settlement: Settlement) -> None:
         pool = await self.resources.pool()
         async with pool.connection() as conn, conn.transaction():
+            await conn.execute(COMMON["prefer_hash_joins"])
             await conn.execute(Q["record_outcomes"], {
                 "work_id": work.work_id, "ids": [uuid.UUID(i) for i in settlement.ids],
                 "states": settlement.states,

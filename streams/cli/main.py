@@ -99,7 +99,7 @@ def root(
 
 
 def register() -> typer.Typer:
-    from streams.cli import db, demo, dev, produce, target, topics, worker
+    from streams.cli import bench, db, demo, dev, produce, target, topics, worker
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(topics.app, name="topics")
@@ -108,6 +108,7 @@ def register() -> typer.Typer:
     app.command("target")(target.target)
     app.command("produce")(produce.produce)
     app.command("demo")(demo.demo)
+    app.command("bench")(bench.bench_command)
     return app
 
 

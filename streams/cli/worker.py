@@ -17,6 +17,7 @@ def worker(
 ) -> None:
     """Run the topology's agents until SIGTERM/SIGINT."""
     import faust
+    import uvloop
 
     context: Context = ctx.obj
     settings = context.services()
@@ -25,4 +26,7 @@ def worker(
     except ModuleNotFoundError:
         fail(f"STREAMS_TOPOLOGY: no topology named {topology!r} in topologies/")
     faust_app = run_guarded(module.build, settings)
+    # The C event loop; aiokafka, psycopg and httpx all run on it. Installed before faust
+    # creates its loop.
+    uvloop.install()
     faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()

@@ -67,6 +67,8 @@ class IngestProducer:
         self._delivery_timeout = delivery_timeout
         self._errors: list[str] = []
         self.delivered = 0
+        self.failed = 0
+        self.sent = 0
         self._closed = False
         self._client = Producer(confluent_config(settings, **{
             "enable.idempotence": True,
@@ -160,6 +162,7 @@ class IngestProducer:
         while True:
             try:
                 self._client.produce(self.topic, value=value, key=key, on_delivery=on_delivery)
+                self.sent += 1
                 break
             except BufferError:
                 # The local queue is full: serve delivery reports until there is room again.
@@ -172,6 +175,7 @@ class IngestProducer:
         if error is None:
             self.delivered += 1
             return
+        self.failed += 1
         self._errors.append(f"{what}: {_describe(error)}")
         log.error("record not delivered",
                   extra={"topic": self.topic, "what": what, "error": _describe(error)})
@@ -201,6 +205,10 @@ class IngestProducer:
         if errors:
             shown = "; ".join(errors[:_SHOWN_ERRORS]) + (" …" if len(errors) > _SHOWN_ERRORS else "")
             problems.append(f"{_records(len(errors))} failed: {shown}")
+        if not problems and self.delivered + self.failed != self.sent:
+            # Every produced record gets exactly one delivery report; anything else means a
+            # report was lost, and a record the broker never confirmed must not pass as sent.
+            problems.append(f"{self.sent} records sent but {self.delivered + self.failed} reported back")
         if problems:
             raise DeliveryError(f"topic {self.topic}: " + "; ".join(problems))
 

@@ -8,6 +8,7 @@ co-partitioning of run events and the run_progress changelog, so that is an oper
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -81,7 +82,31 @@ def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
                     outcome[name] = "exists"  # another worker or test created it first
                 else:
                     raise TopicError(f"cannot create {name}: {error.str()}") from exc
+        _wait_until_visible(admin, missing, timeout * 3)
     return outcome
+
+
+def _wait_until_visible(admin: AdminClient, specs: list[TopicSpec], timeout: float) -> None:
+    """Return once every new topic shows all its partitions with a leader.
+
+    A producer that sees a new topic flap in and out of metadata resets its idempotence
+    sequence numbers for it, and the broker then acknowledges later records as duplicates
+    without writing them (librdkafka issue #3712). Waiting here keeps the first records safe.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = admin.list_topics(timeout=timeout)
+        pending = [
+            spec.name for spec in specs
+            if (meta := metadata.topics.get(spec.name)) is None or meta.error is not None
+            or len(meta.partitions) != spec.partitions
+            or any(partition.leader < 0 for partition in meta.partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TopicError(f"topics created but without leaders after {timeout:.0f}s: {', '.join(pending)}")
+        time.sleep(0.1)
 
 
 def describe_topics(settings: Settings, specs: list[TopicSpec]) -> list[TopicState]:

@@ -6,7 +6,7 @@ to COPY, the duplicate counts, per-batch counts and the work records to produce.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
 from collections import Counter
@@ -64,11 +64,15 @@ def hash_batch(batch: IngestBatch, source: Source) -> HashedBatch:
     return HashedBatch(batch, tuple(entity_hash(e.object_type, e.entity) for e in batch.entities), source)
 
 
+_random = random.Random()  # seeded from os.urandom once, at import
+
+
 def new_id() -> uuid.UUID:
     """A time-ordered (version 7) UUID: new rows land at the end of the primary key index
     instead of at random pages, which keeps COPY fast as the table grows."""
     millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    # Ids must be unique, not unguessable: a seeded PRNG is ~10x cheaper than os.urandom.
+    rand = _random.getrandbits(80)
     value = (millis & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64
     value |= 0b10 << 62 | (rand & ((1 << 62) - 1))

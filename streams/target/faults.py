@@ -81,7 +81,8 @@ def entity_fault(faults: Faults, entity_id: str, receipt: int) -> InjectedError 
     if faults.permanent_rate and draw(faults.seed, "permanent", entity_id) < faults.permanent_rate:
         return InjectedError(EntityFault.PLAN, "injected permanent failure")
     if receipt <= faults.fail_first:
-        return InjectedError(EntityFault.APPLY, f"injected failure of receipt {receipt} of {faults.fail_first}")
+        message = f"injected failure of receipt {receipt} of {faults.fail_first}"
+        return InjectedError(EntityFault.APPLY, message)
     if faults.transient_rate and draw(faults.seed, "transient", entity_id, receipt) < faults.transient_rate:
         return InjectedError(EntityFault.APPLY, "injected transient failure")
     return None
@@ -110,4 +111,6 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 def is_poison(faults: Faults, entity_json: str) -> bool:
     """Whether an entity's JSON text makes the target reject the whole request (422)."""
-    return faults.poison_pattern is not None and _compiled(faults.poison_pattern).search(entity_json) is not None
+    if faults.poison_pattern is None:
+        return False
+    return _compiled(faults.poison_pattern).search(entity_json) is not None

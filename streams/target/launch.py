@@ -49,6 +49,7 @@ class TargetProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     token: str | None = None
+    temporary_log: bool = False  # a log start_target made up, removed by a clean stop()
 
     def _client(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -77,7 +78,7 @@ class TargetProcess:
             client.post("/_admin/reset").raise_for_status()
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, wait, then SIGKILL; return the exit code."""
+        """SIGTERM, wait, then SIGKILL; return the exit code (-15 after a clean shutdown)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -85,6 +86,9 @@ class TargetProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout)
+        # uvicorn re-raises the SIGTERM it handled once shut down, so -SIGTERM is a clean exit.
+        if self.temporary_log and self.process.returncode in (0, -signal.SIGTERM):
+            self.log_path.unlink(missing_ok=True)
         return self.process.returncode
 
     def log_tail(self, lines: int = 20) -> str:
@@ -96,7 +100,8 @@ class TargetProcess:
     def __enter__(self) -> TargetProcess:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.stop()
 
 
@@ -111,6 +116,7 @@ def start_target(database_url: str, *, port: int = 0, faults: Faults | None = No
                  log_path: Path | None = None, timeout: float = 30.0) -> TargetProcess:
     """Start `streams target` on 127.0.0.1 (a free port when `port` is 0) and wait until it is healthy."""
     port = port or free_port()
+    temporary_log = log_path is None
     if log_path is None:
         handle, name = tempfile.mkstemp(prefix="streams-target-", suffix=".log")
         os.close(handle)
@@ -126,11 +132,12 @@ def start_target(database_url: str, *, port: int = 0, faults: Faults | None = No
         process = subprocess.Popen(  # noqa: S603 - argv is built here, never from input
             argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
         )
-    target = TargetProcess(f"http://127.0.0.1:{port}", process, log_path, token)
+    target = TargetProcess(f"http://127.0.0.1:{port}", process, log_path, token, temporary_log)
     try:
         wait_until(lambda: _healthy(target.url), timeout=timeout, what="reference target",
                    alive=lambda: process.poll() is None)
     except DevServiceError as exc:
+        target.temporary_log = False  # kept: the message points at it
         target.stop()
         raise DevServiceError(f"{exc}; log {log_path}:\n{target.log_tail()}") from None
     return target

@@ -201,7 +201,10 @@ def _plan(pending: list[tuple[Item, Key, str | None]], existing: dict[Key, Store
         slot = slots.get(key)
         if slot is None:
             found = existing.get(key)
-            slot = slots[key] = Slot(key, found.object_id, found.version, found.data) if found else Slot(key, None, 0, None)
+            if found is None:
+                slot = slots[key] = Slot(key, None, 0, None)
+            else:
+                slot = slots[key] = Slot(key, found.object_id, found.version, found.data)
         before = slot.data
         change_type = "create" if before is None else "noop" if before == item.entity else "update"
         if apply_error is not None:
@@ -216,8 +219,11 @@ def _plan(pending: list[tuple[Item, Key, str | None]], existing: dict[Key, Store
     return planned, [slot for slot in slots.values() if slot.written]
 
 
-async def _attempt(session: Session, items: list[Item], faults: Faults) -> tuple[list[dict[str, Any]], list[str]]:
-    """Plan and write one request; return (results in request order, ids applied now)."""
+Answer = tuple[list[dict[str, Any]], list[str]]  # (results in request order, ids applied now)
+
+
+async def _attempt(session: Session, items: list[Item], faults: Faults) -> Answer:
+    """Plan and write one request; raises WriteConflict if a concurrent request got in between."""
     results: list[dict[str, Any]] = [{}] * len(items)
     stored = await session.stored_results([item.canonical for item in items])
     pending = _triage(items, stored, faults, results)
@@ -232,8 +238,8 @@ async def _attempt(session: Session, items: list[Item], faults: Faults) -> tuple
             slot.object_id = object_ids[slot.key]
         rows = []
         for p in planned:
-            change_set = _change_set(p.item, p.change_type, p.slot.object_id, p.before, orjson.Fragment(p.data_json))
-            text = orjson.dumps(change_set)
+            data = orjson.Fragment(p.data_json)
+            text = orjson.dumps(_change_set(p.item, p.change_type, p.slot.object_id, p.before, data))
             results[p.item.index] = _result(p.item, orjson.Fragment(text))
             rows.append((p.item.canonical, text.decode()))
         await tx.insert_results(rows)
@@ -295,7 +301,8 @@ class Target:
         if faults.poison_pattern is not None:
             for entity in batch.entities:
                 if injected.is_poison(faults, orjson.dumps(entity.entity).decode()):
-                    return _error(422, f"entity {entity.id} matches the poison pattern", id=entity.id, reason="poison")
+                    message = f"entity {entity.id} matches the poison pattern"
+                    return _error(422, message, id=entity.id, reason="poison")
         receipts = self.stats.receive(canonical)
         items = [Item(i, e.id, c, e.object_type, e.entity, r)
                  for i, (e, c, r) in enumerate(zip(batch.entities, canonical, receipts, strict=True))]
@@ -329,7 +336,7 @@ class Target:
         log.warning("write conflicts, answering apply errors", extra={"entities": len(items)})
         return [_result(item, None, apply=message) for item in items]
 
-    async def _attempt_once(self, items: list[Item], faults: Faults) -> tuple[list[dict[str, Any]], list[str]]:
+    async def _attempt_once(self, items: list[Item], faults: Faults) -> Answer:
         async with self.store.session() as session:
             return await _attempt(session, items, faults)
 

@@ -102,7 +102,8 @@ class TargetStore:
 
     async def _configure(self, conn: psycopg.AsyncConnection) -> None:
         # A stuck statement must fail the request (503, retried) rather than hold a connection.
-        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(self._timeout * 1000)}ms",))
+        timeout = f"{int(self._timeout * 1000)}ms"
+        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
         # The reference target is a test double: not waiting for the WAL flush at each commit
         # keeps it off the critical path of benchmarks. A Postgres crash can then lose the last
         # commits, objects and results together, so the data still holds each id at most once.
@@ -164,7 +165,8 @@ class Session:
         rows = await self._rows(
             "fetch_objects", {"object_types": [k[0] for k in keys], "natural_keys": [k[1] for k in keys]}
         )
-        return {(t, k): StoredObject(object_id, version, orjson.loads(data)) for t, k, object_id, version, data in rows}
+        return {(t, k): StoredObject(object_id, version, orjson.loads(data))
+                for t, k, object_id, version, data in rows}
 
     async def count_results(self) -> int:
         rows = await self._rows("count_results", {})
