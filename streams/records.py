@@ -54,10 +54,25 @@ class RunEvent:
     """An accounting event on `ingest.run-events`, keyed by run_id.
 
     `event_id` is deterministic for the fact it reports, so the run tracker can count an event
-    delivered twice (after a crash or a redelivered batch) exactly once.
+    delivered twice (after a crash or a redelivered batch) exactly once. The types, their ids and
+    the keys of `counts` (a count that is zero may be left out):
+
+    - batch_accepted    accepted:{run}:{batch}        entities, new, duplicates  (+ producer)
+    - sealed            sealed:{run}                  batches
+    - entities_settled  settled:{work_id}             applied, no_changes, retry_in, retry_out,
+                                                      dead_lettered
+    - entities_errored  errored:{dlq partition}:{dlq offset}        errored
+    - entities_requeued requeued:{replay id}:{dlq partition}:{dlq offset}  requeued, retry_in
+
+    Per batch: `new` entities were queued; each ends APPLIED, NO_CHANGES or ERRORED.
+    in retry = Σ retry_in − Σ retry_out (retry_out counts the entities of a record read from a
+    retry tier; a replay into a tier counts retry_in), errored = Σ errored − Σ requeued. A batch
+    is settled when applied + no_changes + errored == new: completed if errored == 0, else
+    failed. `dead_lettered` entities are on their way to the DLQ agent, which reports them as
+    errored; they are counted there, not here.
     """
 
-    type: str  # batch_accepted | sealed | entities_settled
+    type: str  # batch_accepted | sealed | entities_settled | entities_errored | entities_requeued
     event_id: str
     run_id: str
     batch: int | None = None
@@ -84,3 +99,13 @@ def sealed(run_id: str, batches: int) -> RunEvent:
 
 def entities_settled(work: WorkRecord, counts: dict[str, int]) -> RunEvent:
     return RunEvent("entities_settled", f"settled:{work.work_id}", work.run_id, work.batch, counts)
+
+
+def entities_errored(run_id: str, batch: int, *, partition: int, offset: int, errored: int) -> RunEvent:
+    return RunEvent("entities_errored", f"errored:{partition}:{offset}", run_id, batch, {"errored": errored})
+
+
+def entities_requeued(run_id: str, batch: int, *, replay_id: str, partition: int, offset: int,
+                      requeued: int, retry_in: int) -> RunEvent:
+    return RunEvent("entities_requeued", f"requeued:{replay_id}:{partition}:{offset}", run_id, batch,
+                    {"requeued": requeued, "retry_in": retry_in})
