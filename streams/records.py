@@ -29,24 +29,34 @@ class WorkRecord:
     batch: int
     items: tuple[WorkItem, ...]
     attempt: int = 1  # the attempt this record will make; retries carry it in x-attempt too
+    replay_id: str | None = None  # set on records a `streams dlq replay` sent back
+    # Why each entity failed (id -> error), on records sent to a retry tier or the DLQ.
+    errors: dict[str, Any] = field(default_factory=dict)
 
     @property
     def work_id(self) -> str:
         """The claim this record holds on its rows; a redelivery of the same record re-claims
-        its own APPLYING rows, a different record (or attempt) cannot take them."""
-        return f"{self.run_id}/{self.batch}/{self.attempt}"
+        its own APPLYING rows, a different record (or attempt, or replay) cannot take them."""
+        base = f"{self.run_id}/{self.batch}/{self.attempt}"
+        return f"{base}/r{self.replay_id}" if self.replay_id else base
 
     def encode(self) -> bytes:
-        return orjson.dumps({
+        raw: dict[str, Any] = {
             "run_id": self.run_id, "batch": self.batch, "attempt": self.attempt,
             "items": [{"id": i.id, "object_type": i.object_type, "entity": i.entity} for i in self.items],
-        })
+        }
+        if self.replay_id:
+            raw["replay_id"] = self.replay_id
+        if self.errors:
+            raw["errors"] = self.errors
+        return orjson.dumps(raw)
 
     @classmethod
     def decode(cls, data: bytes) -> WorkRecord:
         raw = orjson.loads(data)
         items = tuple(WorkItem(i["id"], i["object_type"], i["entity"]) for i in raw["items"])
-        return cls(raw["run_id"], int(raw["batch"]), items, int(raw.get("attempt", 1)))
+        return cls(raw["run_id"], int(raw["batch"]), items, int(raw.get("attempt", 1)),
+                   raw.get("replay_id"), raw.get("errors") or {})
 
 
 @dataclass(frozen=True)
