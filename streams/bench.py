@@ -37,6 +37,7 @@ from streams.dev.workers import start_worker, stop_worker
 from streams.kafka.admin import create_topics
 from streams.kafka.config import confluent_config
 from streams.settings import Settings
+from streams.target.faults import Faults
 from streams.target.launch import start_target
 from streams.topics import Role, TopicSpec, topology
 
@@ -116,14 +117,22 @@ def ingest_path(settings: Settings, count: int, logs: Path, step: Step) -> Resul
                   f"{rows} rows queued, {count - rows} duplicates, {batches} records")
 
 
-def end_to_end(settings: Settings, count: int, logs: Path, step: Step) -> Result:
-    prepared = prepare(settings, "e2e")
-    target = start_target(fresh_database(settings, "streams_bench_e2e_target"), log_path=logs / "bench-e2e-target.log")
+def end_to_end(settings: Settings, count: int, logs: Path, step: Step, *, transient_rate: float = 0.0,
+               name: str = "e2e") -> Result:
+    if transient_rate:
+        # Short tiers, so the measurement is of the retry machinery rather than of waiting.
+        settings = settings.model_copy(update={"retry_tiers": (1.0, 2.0, 4.0)})
+    prepared = prepare(settings, name)
+    target = start_target(fresh_database(settings, f"streams_bench_{name}_target"),
+                          faults=Faults(transient_rate=transient_rate, seed=7),
+                          log_path=logs / f"bench-{name}-target.log")
     try:
         prepared = prepared.model_copy(update={"target_url": target.url})
         _send(prepared, count, duplicate_ratio=0.0, seed=202)
-        step(f"(b) {count} distinct entities on the ingest topic; starting a worker")
-        worker = start_worker(prepared, log_path=logs / "bench-e2e-worker.log")
+        step(f"(b) {count} distinct entities on the ingest topic ({transient_rate:.0%} transient failures);"
+             " starting a worker")
+        worker = start_worker(prepared, log_path=logs / f"bench-{name}-worker.log",
+                              extra_env={"STREAMS_LOG_LEVEL": "INFO"})
         try:
             alive = lambda: worker.poll() is None  # noqa: E731
             done = _wait(lambda: _scalar(prepared, "SELECT count(*) FROM ingestion_logs WHERE state IN (3, 5)") == count,
@@ -134,8 +143,31 @@ def end_to_end(settings: Settings, count: int, logs: Path, step: Step) -> Result
         target.stop()
     started = float(_scalar(prepared, "SELECT extract(epoch FROM min(created_at)) FROM ingestion_logs"))
     seconds = done - started
-    return Result("(b) end to end through the target", count / seconds, "entities/s", count, seconds,
-                  f"batch size {prepared.batch_size}, {prepared.http_concurrency} calls in flight")
+    label = "(b) end to end through the target" if not transient_rate else \
+        f"(d) end to end, {transient_rate:.0%} transient failures"
+    retried = _scalar(prepared, "SELECT count(*) FROM ingestion_logs WHERE attempts > 1")
+    return Result(label, count / seconds, "entities/s", count, seconds,
+                  f"batch size {prepared.batch_size}, {prepared.http_concurrency} calls in flight, "
+                  f"{retried} entities retried")
+
+
+def lateness(logs: Path, name: str) -> list[Result]:
+    """p50 and p99 of how late retry records were processed after their due time, per tier,
+    from the worker's `retry record due` log lines."""
+    by_tier: dict[str, list[float]] = {}
+    for line in (logs / f"bench-{name}-worker.log").read_text(errors="replace").splitlines():
+        if '"retry record due"' not in line:
+            continue
+        record = orjson.loads(line)
+        by_tier.setdefault(str(record["tier"]), []).append(float(record["lateness_ms"]))
+    results = []
+    for tier, values in sorted(by_tier.items()):
+        values.sort()
+        for quantile in (0.5, 0.99):
+            value = values[min(len(values) - 1, int(quantile * len(values)))]
+            results.append(Result(f"(d) lateness, tier {tier}, p{int(quantile * 100)}", value, "ms",
+                                  len(values), 0.0, "processed after the due time"))
+    return results
 
 
 def target_direct(settings: Settings, count: int, logs: Path, step: Step) -> Result:

@@ -5,6 +5,7 @@
     ├── DevServiceError        `streams dev` could not fetch, start or stop a local service
     ├── MigrationError         a migration file is malformed or failed to apply
     ├── TopicError             a topic could not be created or does not match its definition
+    ├── TargetUnavailable      the target is down (breaker open) or refuses our credentials
     └── RecordError            an ingest record is unusable; carries an error class
         └── InvalidRecord      not JSON, fails the schema, or too large (error class `invalid`)
 
@@ -33,6 +34,14 @@ class MigrationError(StreamsError):
 
 class TopicError(StreamsError):
     """A topic could not be created, or exists with a definition that does not match."""
+
+
+class TargetUnavailable(StreamsError):
+    """The target cannot take work now. Records wait (unacked) instead of climbing the tiers."""
+
+    def __init__(self, reason: str, retry_in: float) -> None:
+        super().__init__(reason)
+        self.retry_in = retry_in
 
 
 class RecordError(StreamsError):

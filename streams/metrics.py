@@ -19,3 +19,8 @@ TARGET_SECONDS = Histogram(
 )
 RETRIES = Counter("streams_batch_retries_total", "Batches processed again after an error, by agent.", ["agent"])
 HEALTHY = Gauge("streams_worker_healthy", "1 while the worker's resources answer, else 0.")
+BREAKER_OPEN = Gauge("streams_target_breaker_open", "1 while the target's circuit breaker is open or probing.")
+RETRY_LATENESS = Histogram(
+    "streams_retry_lateness_seconds", "How long after its due time a retry record was processed, by tier.",
+    ["tier"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)

@@ -114,10 +114,15 @@ class Settings(BaseSettings):
     batch_size: PositiveInt = Field(500, le=1000, description="Entities per bulk-plan-apply call.")
     max_record_bytes: PositiveInt = Field(1_048_576, description="Larger ingest records are dead-lettered.")
     http_concurrency: PositiveInt = Field(4, le=256, description="In-flight target calls per worker.")
+    breaker_threshold: PositiveInt = Field(5, description="Consecutive failed target requests that open the breaker.")
+    breaker_cooldown: Duration = Field(10.0, description="First pause of an open breaker before it probes.")
+    breaker_max_cooldown: Duration = Field(300.0, description="Longest pause between probes of a down target.")
+    max_poll_interval: Duration = Field(300.0, description="Kafka max.poll.interval.ms of the retry-tier consumer.")
 
     # --- worker process -------------------------------------------------------------------
     worker_port: int = Field(6066, ge=0, le=65535, description="Metrics and health endpoint port (0: none).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stall_after: Duration = Field(600.0, description="`streams runs` flags a run with no progress for this long.")
 
     # --- local services (`streams dev`) ---------------------------------------------------
     dev_home: Path | None = Field(None, description="Where `streams dev` keeps data; default .cache/dev.")

@@ -11,15 +11,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from streams.errors import SettingsError
+from streams.kafka.config import max_message_bytes
 from streams.settings import Settings
 
 _KAFKA_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 DAY_MS = 86_400_000
 DEFAULT_RETENTION_MS = 7 * DAY_MS
-# Headroom above the ingest size limit, so a record slightly over the limit still reaches the
-# ingest agent (and is dead-lettered with a reason) instead of being refused by the broker.
-_RECORD_HEADROOM_BYTES = 256 * 1024
 
 
 class Role(str, Enum):
@@ -74,7 +72,7 @@ def topic_names(settings: Settings) -> TopicNames:
 def topology(settings: Settings) -> list[TopicSpec]:
     """The topics a deployment needs, with their partition counts and configs."""
     names = topic_names(settings)
-    max_bytes = str(settings.max_record_bytes + _RECORD_HEADROOM_BYTES)
+    max_bytes = str(max_message_bytes(settings))
     base = {"max.message.bytes": max_bytes}
     if settings.replication_factor >= 3:
         base["min.insync.replicas"] = "2"

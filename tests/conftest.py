@@ -10,7 +10,9 @@ template), so tests never see each other's records or rows.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,12 +45,16 @@ def _with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    home = tmp_path_factory.mktemp("services")
+def services() -> Iterator[Services]:
+    # Not under pytest's tmp_path: pytest deletes old basetemp folders while a concurrent
+    # session may still be running its broker and database there.
+    home = Path(tempfile.mkdtemp(prefix="streams-test-services-"))
     started: list[tuple[int, int]] = []
     bootstrap = os.environ.get("STREAMS_KAFKA_BOOTSTRAP")
     if not bootstrap:
-        state, _ = kafka_broker.start(home, version=Settings.model_fields["kafka_version"].default, heap="512m")
+        defaults = Settings()  # STREAMS_KAFKA_VERSION / STREAMS_MAVEN_REPO apply to the tests too
+        state, _ = kafka_broker.start(home, version=defaults.kafka_version, heap="512m",
+                                      maven_repo=defaults.maven_repo)
         started.append((state.pid, signal.SIGTERM))
         bootstrap = state.url
     database_url = os.environ.get("STREAMS_DATABASE_URL")
@@ -66,6 +72,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     finally:
         for pid, sig in started:
             stop_pid(pid, sig=sig, timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

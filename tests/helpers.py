@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from streams.client.producer import IngestProducer
 from streams.kafka.config import confluent_config
+from streams.pipeline.outcomes import State
 from streams.settings import Settings
 
 T = TypeVar("T")
@@ -87,3 +89,17 @@ def end_offsets(settings: Settings, topic: str) -> int:
         return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions)
     finally:
         consumer.close()
+
+
+SETTLED = (State.APPLIED, State.NO_CHANGES, State.ERRORED)
+
+
+def settled(settings: Settings, run_id: str, expected: int) -> bool:
+    """Every row of the run has a final state, and there are `expected` of them."""
+    counts = state_counts(settings, run_id)
+    return sum(counts.get(s, 0) for s in SETTLED) == expected and sum(counts.values()) == expected
+
+
+def send_run(settings: Settings, run_id: str, entities: list[dict[str, Any]], batch_size: int = 250) -> None:
+    with IngestProducer(settings) as producer:
+        producer.send_run(run_id, entities, batch_size=batch_size)

@@ -1,8 +1,11 @@
-"""The ingest topology: ingest agent, plan-apply agent, wired to the topics of streams.topics.
+"""The ingest topology, wired to the topics of streams.topics.
 
     ingest ──► [ingest] ──► ingest.work ──► [plan-apply] ──► target
-                  │  invalid ─► ingest.dlq        │ settled
-                  └──────────► ingest.run-events ◄┘
+                  │                              │ transient ──► ingest.retry.* ──► [tiers] ─┐
+                  │ invalid                      │ permanent                  (same code)   │
+                  ├──────────► ingest.dlq ◄──────┴───────────────────────────────────────────┘
+                  │                 └──► [dead letters]: rows ERRORED
+                  └──► ingest.run-events ◄── every agent's counts
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ import faust
 from faust.contrib.asgi import serve_asgi
 
 from streams.agents.batching import GuardedBatches
+from streams.agents.dead_letters import DeadLetterAgent, DeadLetterTopics
 from streams.agents.ingest import IngestAgent, IngestTopics
 from streams.agents.plan_apply import ApplyTopics, PlanApplyAgent
 from streams.agents.resources import Resources, closing_service
+from streams.agents.tiers import TierScheduler, tier_service
 from streams.agents.web import health_app
+from streams.pipeline.breaker import Breaker
 from streams.kafka.faust_app import make_app
+from streams.runs.tracker import register_tracker
 from streams.settings import Settings
 from streams.topics import topic_names
 
@@ -50,7 +57,10 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
         await ingest_batches.run(stream)
 
     if plan_apply_enabled:
-        plan_apply = PlanApplyAgent(settings, ApplyTopics(run_events=run_events, dlq=dlq), resources)
+        breaker = Breaker(settings.breaker_threshold, settings.breaker_cooldown, settings.breaker_max_cooldown)
+        retry_topics = tuple(topic(name) for name in names.retry)
+        plan_apply = PlanApplyAgent(settings, ApplyTopics(run_events=run_events, dlq=dlq, retry=retry_topics),
+                                    resources, breaker)
         # Enough work records in flight to keep every HTTP slot of the worker busy.
         apply_batches = GuardedBatches("plan-apply", plan_apply.handle, plan_apply.dead_letter,
                                        max_records=max(2, settings.http_concurrency * 2), within=APPLY_WINDOW)
@@ -58,6 +68,19 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
         @app.agent(topic(names.work), name="plan-apply", concurrency=APPLY_CONCURRENCY)
         async def plan_apply_agent(stream: faust.StreamT) -> None:
             await apply_batches.run(stream)
+
+        # The retry tiers run the same plan-apply code when records are due (own consumer group).
+        app.service(tier_service(TierScheduler(settings, names.retry, plan_apply)))
+
+        dead_letters = DeadLetterAgent(DeadLetterTopics(run_events=run_events), resources)
+        dead_letter_batches = GuardedBatches("dead-letters", dead_letters.handle, dead_letters.dead_letter,
+                                             max_records=50, within=APPLY_WINDOW)
+
+        @app.agent(dlq, name="dead-letters")
+        async def dead_letter_agent(stream: faust.StreamT) -> None:
+            await dead_letter_batches.run(stream)
+
+    register_tracker(app, settings, resources, topic)
 
     if settings.worker_port:
         serve_asgi(app, health_app(resources), port=settings.worker_port)

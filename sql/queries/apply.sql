@@ -1,22 +1,27 @@
 -- Statements of the plan-apply agent, one transaction per work record.
 
 -- name: claim
--- QUEUED or PENDING_RETRY rows become APPLYING under this work record's claim. A redelivered
--- record (same work id) takes back its own APPLYING rows; nobody else can take them.
+-- Rows become APPLYING under this work record's claim: QUEUED rows (fresh or replayed work),
+-- PENDING_RETRY rows routed to exactly this record (see route_to_retry), and this record's own
+-- APPLYING rows when it is delivered again after a crash. Nothing else can be taken.
 UPDATE ingestion_logs
    SET state = 8,
        attempts = CASE WHEN state = 8 THEN attempts ELSE attempts + 1 END,
        claimed_by = %(work_id)b,
        updated_at = now()
  WHERE id = ANY(%(ids)b::uuid[])
-   AND (state IN (1, 9) OR (state = 8 AND claimed_by = %(work_id)b))
+   AND (state = 1 OR (state IN (8, 9) AND claimed_by = %(work_id)b))
 RETURNING id, attempts;
 
--- name: settled_by_claim
--- Rows this work record already settled in an earlier delivery, to report them again.
-SELECT id, state
+-- name: routed_by_claim
+-- Rows this work record already dealt with in an earlier delivery: settled or dead-lettered
+-- under its own claim, or routed to its retry record. They are reported (and their retry or
+-- dead-letter records sent) again, never applied again.
+SELECT id, state, retry_tier, (extract(epoch FROM next_attempt_at) * 1000)::int8, last_error
   FROM ingestion_logs
- WHERE id = ANY(%(ids)b::uuid[]) AND claimed_by = %(work_id)b AND state IN (3, 4, 5, 6, 7);
+ WHERE id = ANY(%(ids)b::uuid[])
+   AND ((claimed_by = %(work_id)b AND state IN (3, 4, 5, 6, 7))
+        OR (claimed_by = %(next_work_id)b AND state = 9));
 
 -- name: record_outcomes
 UPDATE ingestion_logs AS l
@@ -25,6 +30,23 @@ UPDATE ingestion_logs AS l
  WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
    -- Without this the planner may filter the whole table on claimed_by and join afterwards:
    -- one scan per work record, quadratic in the table size. The id list keeps it on the key.
+   AND l.id = ANY(%(ids)b::uuid[]);
+
+-- name: route_to_retry
+-- Claimed by the retry record's work id, so only that record can take them, at their due time.
+UPDATE ingestion_logs AS l
+   SET state = 9, claimed_by = %(next_work_id)b, retry_tier = %(tier)b,
+       next_attempt_at = to_timestamp(%(due_at_ms)b::int8 / 1000.0), last_error = o.error, updated_at = now()
+  FROM unnest(%(ids)b::uuid[], %(errors)b::jsonb[]) AS o(id, error)
+ WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
+   AND l.id = ANY(%(ids)b::uuid[]);
+
+-- name: route_to_dlq
+-- FAILED until the dead-letter agent reads the record and makes them ERRORED.
+UPDATE ingestion_logs AS l
+   SET state = 4, last_error = o.error, next_attempt_at = NULL, updated_at = now()
+  FROM unnest(%(ids)b::uuid[], %(errors)b::jsonb[]) AS o(id, error)
+ WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
    AND l.id = ANY(%(ids)b::uuid[]);
 
 -- name: insert_change_sets

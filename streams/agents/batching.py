@@ -31,11 +31,18 @@ import psycopg_pool
 from aiokafka.errors import KafkaError
 
 from streams import metrics
+from streams.errors import TargetUnavailable
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Sequence[faust.types.EventT]], Awaitable[None]]
-DeadLetter = Callable[[faust.types.EventT, BaseException], Awaitable[None]]
+Handler = Callable[[Sequence[Any]], Awaitable[None]]
+DeadLetter = Callable[[Any, BaseException], Awaitable[None]]
+Describe = Callable[[Any], dict[str, Any]]
+
+
+def describe_event(event: faust.types.EventT) -> dict[str, Any]:
+    message = event.message
+    return {"topic": message.topic, "partition": message.partition, "offset": message.offset}
 
 BATCH_TRIES = 3
 RECORD_TRIES = 2
@@ -45,7 +52,7 @@ MAX_BACKOFF = 30.0
 def is_infrastructure(error: BaseException) -> bool:
     """Errors that say nothing about the record: retrying later is the only right answer."""
     if isinstance(error, (psycopg.OperationalError, psycopg_pool.PoolTimeout, KafkaError,
-                          ConnectionError, TimeoutError)):
+                          ConnectionError, TimeoutError, TargetUnavailable)):
         return True
     return isinstance(error, psycopg.Error) and getattr(error, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
@@ -63,12 +70,13 @@ class GuardedBatches:
     """Runs `handler` over batches of up to `max_records` events gathered for up to `within` s."""
 
     def __init__(self, name: str, handler: Handler, dead_letter: DeadLetter, *,
-                 max_records: int, within: float) -> None:
+                 max_records: int, within: float, describe: Describe = describe_event) -> None:
         self.name = name
         self.handler = handler
         self.dead_letter = dead_letter
         self.max_records = max_records
         self.within = within
+        self.describe = describe
 
     async def run(self, stream: faust.StreamT) -> None:
         # Acks off on the agent's own stream (as faust's take() does internally, but for good):
@@ -98,7 +106,7 @@ class GuardedBatches:
                     if not batch:
                         deadline = loop.time() + self.within
                     batch.append(event)
-                await self._settle(batch)
+                await self.settle(batch)
                 for event in batch:
                     await source.ack(event)
         finally:
@@ -107,7 +115,8 @@ class GuardedBatches:
                 with contextlib.suppress(BaseException):
                     await pending
 
-    async def _settle(self, batch: list[faust.types.EventT]) -> None:
+    async def settle(self, batch: list[Any]) -> None:
+        """Process `batch` until every record has an outcome (processed or dead-lettered)."""
         started = time.perf_counter()
         try:
             if await self._attempt(batch, BATCH_TRIES) is None:
@@ -123,7 +132,7 @@ class GuardedBatches:
         finally:
             metrics.BATCH_SECONDS.labels(agent=self.name).observe(time.perf_counter() - started)
 
-    async def _attempt(self, batch: list[faust.types.EventT], tries: int) -> BaseException | None:
+    async def _attempt(self, batch: list[Any], tries: int) -> BaseException | None:
         """Run the handler until it succeeds (None) or fails `tries` times (the last error)."""
         failures = 0
         while True:
@@ -137,20 +146,21 @@ class GuardedBatches:
                 infra = is_infrastructure(exc)
                 if not infra:
                     failures += 1
-                first = batch[0].message
                 log.warning(
                     "batch failed; it will be processed again" if infra or failures < tries
                     else "batch keeps failing",
                     extra={"agent": self.name, "error": type(exc).__name__, "detail": str(exc)[:300],
-                           "infrastructure": infra, "records": len(batch), "topic": first.topic,
-                           "partition": first.partition, "offset": first.offset, "failures": failures},
+                           "infrastructure": infra, "records": len(batch), "failures": failures,
+                           **self.describe(batch[0])},
                     exc_info=not infra,
                 )
                 if not infra and failures >= tries:
                     return exc
-                await asyncio.sleep(backoff(failures if not infra else 3))
+                # An open breaker says how long to wait; otherwise back off with jitter.
+                wait = getattr(exc, "retry_in", None)
+                await asyncio.sleep(max(wait, 0.5) if wait else backoff(failures if not infra else 3))
 
-    async def _dead_letter(self, event: faust.types.EventT, error: BaseException) -> None:
+    async def _dead_letter(self, event: Any, error: BaseException) -> None:
         attempt = 0
         while True:
             try:

@@ -1,11 +1,23 @@
-"""The plan-apply agent: work records → bulk-plan-apply calls → states, change sets, run events.
+"""The plan-apply step: work records → bulk-plan-apply calls → states, retries, dead letters.
 
-Per work record: claim its rows (QUEUED or PENDING_RETRY → APPLYING under the record's work id,
-committed at once so a crash leaves a visible claim), call the target with at most
-STREAMS_BATCH_SIZE entities per request (the record's requests run concurrently, bounded by
-STREAMS_HTTP_CONCURRENCY for the worker), then one transaction writes every state, change set
-and change of the record. A redelivered record re-claims its own APPLYING rows and reports the
-rows it already settled again; the target's idempotency by id makes the repeated call safe.
+The same code serves `ingest.work` (a faust agent) and the retry tiers (streams.agents.tiers).
+Per work record:
+
+1. claim its rows (one short transaction): QUEUED rows, rows routed to this very record, or
+   this record's own APPLYING rows after a crash;
+2. call the target with at most STREAMS_BATCH_SIZE entities per request, concurrently within
+   STREAMS_HTTP_CONCURRENCY; a whole request refused as permanent (4xx) is bisected so the
+   healthy entities still apply; the circuit breaker sees every whole-request outcome;
+3. route every entity (streams.pipeline.apply.route): applied, to a retry tier (rows
+   PENDING_RETRY, claimed by the retry record's work id), or to the DLQ (rows FAILED until the
+   dead-letter agent makes them ERRORED); one transaction writes all of it;
+4. produce the retry and dead-letter records and one run event; GuardedBatches acks only after
+   they are flushed.
+
+A record delivered again after a crash finds what it already did (routed_by_claim) and sends
+the same retry/dead-letter records and event again; nothing is applied twice or too early.
+While the breaker is open, TargetUnavailable leaves the records unacked (their partitions wait)
+instead of pushing them down the ladder.
 """
 
 from __future__ import annotations
@@ -14,9 +26,10 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import faust
 import orjson
@@ -25,12 +38,13 @@ from psycopg.types.json import Jsonb
 from streams import metrics
 from streams.agents.resources import Resources
 from streams.db.queries import named
-from streams.errors import InvalidRecord
+from streams.errors import InvalidRecord, TargetUnavailable
 from streams.kafka import headers
 from streams.kafka.outbox import Outbox
-from streams.pipeline.apply import Settlement, recount, settle, split
-from streams.pipeline.outcomes import ErrorClass
-from streams.records import WorkRecord, entities_settled
+from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, route, split
+from streams.pipeline.breaker import Breaker, BreakerState
+from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, State
+from streams.records import WorkItem, WorkRecord, entities_settled
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,91 +56,260 @@ COMMON = named("common")
 class ApplyTopics:
     run_events: faust.TopicT
     dlq: faust.TopicT
+    retry: tuple[faust.TopicT, ...]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A record to apply, from faust (ingest.work) or confluent-kafka (retry tiers)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    origin: headers.Origin
+    from_tier: bool
+
+
+def incoming_from_event(event: faust.types.EventT) -> Incoming:
+    message = event.message
+    return Incoming(message.key, message.value, headers.decode(message.headers),
+                    headers.Origin(message.topic, message.partition, message.offset), from_tier=False)
+
+
+@dataclass
+class _Outbound:
+    topic: faust.TopicT
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class _Step:
+    outbound: list[_Outbound] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 class PlanApplyAgent:
-    def __init__(self, settings: Settings, topics: ApplyTopics, resources: Resources) -> None:
+    def __init__(self, settings: Settings, topics: ApplyTopics, resources: Resources, breaker: Breaker) -> None:
         self.settings = settings
         self.topics = topics
         self.resources = resources
+        self.breaker = breaker
 
     async def handle(self, events: Sequence[faust.types.EventT]) -> None:
-        works = [_decode(event) for event in events]
-        counts = await asyncio.gather(*(self.apply(work) for work in works))
+        await self.process([incoming_from_event(event) for event in events])
+
+    async def process(self, records: Sequence[Incoming]) -> None:
+        works = [(record, _decode(record)) for record in records]
+        if not self.breaker.allow(time.monotonic()):
+            raise TargetUnavailable("the target's circuit breaker is open", self.breaker.wait(time.monotonic()))
+        steps = await asyncio.gather(*(self._step(record, work) for record, work in works))
         outbox = Outbox()
-        for work, settled in zip(works, counts, strict=True):
-            if settled:
-                event = entities_settled(work, dict(settled))
+        for (_, work), step in zip(works, steps, strict=True):
+            for out in step.outbound:
+                await outbox.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+            if step.counts:
+                event = entities_settled(work, dict(step.counts))
                 await outbox.send(self.topics.run_events, key=work.run_id.encode(), value=event.encode())
         await outbox.flush()
 
-    async def apply(self, work: WorkRecord) -> Counter[str]:
-        """Apply one work record; return the counts of its rows settled (now or before)."""
+    async def _step(self, record: Incoming, work: WorkRecord) -> _Step:
         pool = await self.resources.pool()
         ids = [uuid.UUID(item.id) for item in work.items]
+        next_work_id = replace(work, attempt=work.attempt + 1).work_id
         async with pool.connection() as conn, conn.transaction():
             claimed = {str(row[0]) for row in await (await conn.execute(
                 Q["claim"], {"work_id": work.work_id, "ids": ids})).fetchall()}
-            earlier = [state for _, state in await (await conn.execute(
-                Q["settled_by_claim"], {"work_id": work.work_id, "ids": ids})).fetchall()]
+            routed = await (await conn.execute(Q["routed_by_claim"], {
+                "work_id": work.work_id, "next_work_id": next_work_id, "ids": ids})).fetchall()
         items = [item for item in work.items if item.id in claimed]
-        settlement = Settlement()
+        step = _Step()
         if items:
-            target = self.resources.target()
-            results = await asyncio.gather(*(target.bulk_plan_apply(body)
-                                             for body in split(items, self.settings.batch_size)))
-            settlement = settle(outcome for result in results for outcome in result.outcomes)
-            await self._record(work, settlement)
-        for name, count in settlement.counts.items():
-            metrics.ENTITIES.labels(outcome=name).inc(count)
+            outcomes = await self._call_all(items)
+            self._stop_if_target_down(outcomes)
+            await self._settle(record, work, items, outcomes, step)
+        self._report_routed(record, work, routed, step)
+        if record.from_tier:
+            step.counts["retry_out"] += len(work.items)
         log.info("work record applied", extra={
-            "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "claimed": len(items),
-            "skipped": len(work.items) - len(items), **dict(settlement.counts)})
-        return settlement.counts + recount(earlier)
+            "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "topic": record.origin.topic,
+            "partition": record.origin.partition, "offset": record.origin.offset, "claimed": len(items),
+            "earlier": len(routed), **dict(step.counts)})
+        return step
 
-    async def _record(self, work: WorkRecord, settlement: Settlement) -> None:
+    async def _call_all(self, items: list[WorkItem]) -> list[EntityOutcome]:
+        results = await asyncio.gather(*(self._call(body) for body in split(items, self.settings.batch_size)))
+        return [outcome for result in results for outcome in result]
+
+    async def _call(self, body: list[dict[str, Any]]) -> list[EntityOutcome]:
+        result = await self.resources.target().bulk_plan_apply(body)
+        failure = result.request_failure
+        if failure is None:
+            self.breaker.success()
+        elif failure.credentials or failure.error_class is ErrorClass.TRANSIENT:
+            self._breaker_failure()
+        elif len(body) > 1:
+            # The target refused the request as a whole (a poison entity makes it 4xx): halve
+            # it until the entities it refuses are alone, so their siblings still apply.
+            half = len(body) // 2
+            parts = await asyncio.gather(self._call(body[:half]), self._call(body[half:]))
+            return parts[0] + parts[1]
+        return list(result.outcomes)
+
+    def _breaker_failure(self) -> None:
+        before = self.breaker.state
+        after = self.breaker.failure(time.monotonic())
+        metrics.BREAKER_OPEN.set(0 if after is BreakerState.CLOSED else 1)
+        if after is BreakerState.OPEN and before is not BreakerState.OPEN:
+            log.error("target circuit breaker opened; work waits instead of climbing the retry tiers",
+                      extra={"cooldown_s": self.breaker.current_cooldown})
+
+    def _stop_if_target_down(self, outcomes: list[EntityOutcome]) -> None:
+        """Whole-request failures while the breaker is open (or on credentials) leave the rows
+        APPLYING under this claim; the record waits and takes them back when the target is up."""
+        for outcome in outcomes:
+            failure = outcome.failure
+            if failure is None or not failure.whole_request:
+                continue
+            if failure.credentials:
+                raise TargetUnavailable(failure.message, self.breaker.wait(time.monotonic()) or 30.0)
+            if failure.error_class is ErrorClass.TRANSIENT and self.breaker.state is not BreakerState.CLOSED:
+                raise TargetUnavailable(failure.message, self.breaker.wait(time.monotonic()))
+
+    async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],
+                      outcomes: list[EntityOutcome], step: _Step) -> None:
+        now_ms = int(time.time() * 1000)
+        routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms)
+        next_work_id = replace(work, attempt=work.attempt + 1).work_id
         pool = await self.resources.pool()
         async with pool.connection() as conn, conn.transaction():
             await conn.execute(COMMON["prefer_hash_joins"])
-            await conn.execute(Q["record_outcomes"], {
-                "work_id": work.work_id, "ids": [uuid.UUID(i) for i in settlement.ids],
-                "states": settlement.states,
-                "errors": [_jsonb(error) for error in settlement.errors]})
-            if settlement.change_sets:
-                await conn.execute(Q["insert_change_sets"], {
-                    "ids": [cs for cs, _ in settlement.change_sets],
-                    "log_ids": [uuid.UUID(log_id) for _, log_id in settlement.change_sets],
-                    "attempts": [work.attempt] * len(settlement.change_sets)})
-            if settlement.changes:
-                columns = list(zip(*settlement.changes, strict=True))
-                await conn.execute(Q["insert_changes"], {
-                    "change_set_ids": list(columns[0]), "seqs": list(columns[1]),
-                    "change_types": list(columns[2]), "object_types": list(columns[3]),
-                    "object_ids": list(columns[4]), "befores": [_jsonb(v) for v in columns[5]],
-                    "datas": [_jsonb(v) for v in columns[6]]})
+            if routing.done_ids:
+                await conn.execute(Q["record_outcomes"], {
+                    "work_id": work.work_id, "ids": [uuid.UUID(i) for i in routing.done_ids],
+                    "states": routing.done_states, "errors": [None] * len(routing.done_ids)})
+            for tier, group in routing.retry.items():
+                await conn.execute(Q["route_to_retry"], {
+                    "work_id": work.work_id, "next_work_id": next_work_id, "tier": tier,
+                    "due_at_ms": group.due_at_ms, "ids": [uuid.UUID(i) for i in group.ids],
+                    "errors": [Jsonb(e) for e in group.errors]})
+            for group in routing.dead.values():
+                await conn.execute(Q["route_to_dlq"], {
+                    "work_id": work.work_id, "ids": [uuid.UUID(i) for i in group.ids],
+                    "errors": [Jsonb(e) for e in group.errors]})
+            await self._record_change_sets(conn, work, routing.change_sets, routing.changes)
+        by_id = {item.id: item for item in items}
+        for state in routing.done_states:
+            step.counts[SUCCESS_NAMES[State(state)]] += 1
+        for tier, group in routing.retry.items():
+            step.outbound.append(self._retry_record(record, work, tier, group, by_id, now_ms))
+            step.counts["retry_in"] += len(group.ids)
+            metrics.ENTITIES.labels(outcome="retrying").inc(len(group.ids))
+        for error_class, group in routing.dead.items():
+            step.outbound.append(self._dead_record(record, work, error_class, group, by_id, now_ms))
+            step.counts["dead_lettered"] += len(group.ids)
+            metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
+        for state in routing.done_states:
+            metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()
 
-    async def dead_letter(self, event: faust.types.EventT, error: BaseException) -> None:
-        message = event.message
+    async def _record_change_sets(self, conn: Any, work: WorkRecord, change_sets: list[tuple[str, str]],
+                                  changes: list[tuple[Any, ...]]) -> None:
+        if change_sets:
+            await conn.execute(Q["insert_change_sets"], {
+                "ids": [cs for cs, _ in change_sets], "log_ids": [uuid.UUID(i) for _, i in change_sets],
+                "attempts": [work.attempt] * len(change_sets)})
+        if changes:
+            columns = list(zip(*changes, strict=True))
+            await conn.execute(Q["insert_changes"], {
+                "change_set_ids": list(columns[0]), "seqs": list(columns[1]), "change_types": list(columns[2]),
+                "object_types": list(columns[3]), "object_ids": list(columns[4]),
+                "befores": [_jsonb(v) for v in columns[5]], "datas": [_jsonb(v) for v in columns[6]]})
+
+    def _retry_record(self, record: Incoming, work: WorkRecord, tier: int, group: FailedGroup,
+                      by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:
+        retry = WorkRecord(work.run_id, work.batch, tuple(by_id[i] for i in group.ids), work.attempt + 1,
+                           work.replay_id, dict(zip(group.ids, group.errors, strict=True)))
+        hdrs = headers.failure_headers(
+            record.headers, origin=record.origin, attempt=work.attempt, error_class=ErrorClass.TRANSIENT,
+            error=group.summary, now_ms=now_ms, run_id=work.run_id, http_status=group.http_status,
+            due_at_ms=group.due_at_ms)
+        return _Outbound(self.topics.retry[tier], _key(work), retry.encode(), hdrs)
+
+    def _dead_record(self, record: Incoming, work: WorkRecord, error_class: ErrorClass, group: FailedGroup,
+                     by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:
+        dead = WorkRecord(work.run_id, work.batch, tuple(by_id[i] for i in group.ids), work.attempt,
+                          work.replay_id, dict(zip(group.ids, group.errors, strict=True)))
+        hdrs = headers.failure_headers(
+            record.headers, origin=record.origin, attempt=work.attempt, error_class=error_class,
+            error=group.summary, now_ms=now_ms, run_id=work.run_id, http_status=group.http_status)
+        return _Outbound(self.topics.dlq, _key(work), dead.encode(), hdrs)
+
+    def _report_routed(self, record: Incoming, work: WorkRecord, routed: list[tuple[Any, ...]], step: _Step) -> None:
+        """Rows an earlier delivery of this record dealt with: count them again and send their
+        retry or dead-letter records again (the run tracker and the claims make repeats harmless)."""
+        if not routed:
+            return
+        by_id = {item.id: item for item in work.items}
+        retry_groups: dict[int, FailedGroup] = defaultdict(FailedGroup)
+        dead_groups: dict[ErrorClass, FailedGroup] = defaultdict(FailedGroup)
+        for row_id, state, tier, due_at_ms, last_error in routed:
+            entity_id = str(row_id)
+            state = State(state)
+            if state in SUCCESS_NAMES:
+                step.counts[SUCCESS_NAMES[state]] += 1
+            elif state is State.PENDING_RETRY:
+                tier = min(int(tier or 0), len(self.topics.retry) - 1)
+                retry_groups[tier].add(entity_id, _failure_from(last_error), int(due_at_ms or 0))
+                step.counts["retry_in"] += 1
+            elif state is State.FAILED:
+                failure = _failure_from(last_error)
+                dead_groups[failure.error_class].add(entity_id, failure)
+                step.counts["dead_lettered"] += 1
+            elif state is State.ERRORED:
+                step.counts["dead_lettered"] += 1  # the dead-letter agent already has it
+        now_ms = int(time.time() * 1000)
+        for tier, group in retry_groups.items():
+            step.outbound.append(self._retry_record(record, work, tier, group, by_id, now_ms))
+        for error_class, group in dead_groups.items():
+            step.outbound.append(self._dead_record(record, work, error_class, group, by_id, now_ms))
+
+    async def dead_letter(self, event: Any, error: BaseException) -> None:
+        """A record that failed every try (not the target: the record itself) goes to the DLQ."""
+        record = event if isinstance(event, Incoming) else incoming_from_event(event)
         error_class = ErrorClass.INVALID if isinstance(error, InvalidRecord) else ErrorClass.PERMANENT
-        incoming = headers.decode(message.headers)
-        dlq_headers = headers.failure_headers(
-            incoming, origin=headers.Origin(message.topic, message.partition, message.offset),
-            attempt=int(incoming.get(headers.ATTEMPT, "1")), error_class=error_class,
-            error=f"{type(error).__name__}: {error}", now_ms=_now_ms(), run_id=_run_id(message.value))
+        hdrs = headers.failure_headers(
+            record.headers, origin=record.origin, attempt=int(record.headers.get(headers.ATTEMPT, "1")),
+            error_class=error_class, error=f"{type(error).__name__}: {error}", now_ms=int(time.time() * 1000),
+            run_id=_run_id(record.value))
         outbox = Outbox()
-        await outbox.send(self.topics.dlq, key=message.key, value=message.value or b"", headers=dlq_headers)
+        await outbox.send(self.topics.dlq, key=record.key, value=record.value or b"", headers=hdrs)
         await outbox.flush()
         metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
         log.warning("work record dead-lettered", extra={
-            "topic": message.topic, "partition": message.partition, "offset": message.offset,
+            "topic": record.origin.topic, "partition": record.origin.partition, "offset": record.origin.offset,
             "error_class": error_class.value, "error": type(error).__name__})
 
 
-def _decode(event: faust.types.EventT) -> WorkRecord:
+def _decode(record: Incoming) -> WorkRecord:
     try:
-        return WorkRecord.decode(event.message.value)
+        return WorkRecord.decode(record.value or b"")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise InvalidRecord(f"not a work record: {type(exc).__name__}") from None
+
+
+def _failure_from(last_error: Any) -> Failure:
+    error = last_error if isinstance(last_error, dict) else {}
+    try:
+        error_class = ErrorClass(error.get("class", "transient"))
+    except ValueError:
+        error_class = ErrorClass.PERMANENT
+    return Failure(error_class, str(error.get("message", "failed")), error.get("http_status"),
+                   detail=error.get("detail"))
+
+
+def _key(work: WorkRecord) -> bytes:
+    return f"{work.run_id}:{work.batch}".encode()
 
 
 def _jsonb(value: object) -> object:
@@ -139,7 +322,3 @@ def _run_id(value: bytes | None) -> str | None:
     except orjson.JSONDecodeError:
         return None
     return data.get("run_id") if isinstance(data, dict) else None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

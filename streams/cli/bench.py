@@ -40,6 +40,8 @@ def bench_command(
         bench.ingest_path(settings, entities, logs, step),
         bench.end_to_end(settings, e2e_entities, logs, step),
         bench.target_direct(settings, e2e_entities, logs, step),
+        bench.end_to_end(settings, e2e_entities, logs, step, transient_rate=0.1, name="e2e10"),
+        *bench.lateness(logs, "e2e10"),
         bench.kafka_consume(settings, 500_000, step),
         bench.copy_rows(settings, entities, step),
     ]

@@ -99,14 +99,16 @@ def root(
 
 
 def register() -> typer.Typer:
-    from streams.cli import bench, db, demo, dev, produce, target, topics, worker
+    from streams.cli import bench, db, demo, dev, dlq, produce, runs, target, topics, worker
 
     app.add_typer(dev.app, name="dev")
     app.add_typer(topics.app, name="topics")
+    app.add_typer(dlq.app, name="dlq")
     app.command("migrate")(db.migrate)
     app.command("worker")(worker.worker)
     app.command("target")(target.target)
     app.command("produce")(produce.produce)
+    app.command("runs")(runs.runs)
     app.command("demo")(demo.demo)
     app.command("bench")(bench.bench_command)
     return app

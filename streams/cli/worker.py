@@ -29,4 +29,7 @@ def worker(
     # The C event loop; aiokafka, psycopg and httpx all run on it. Installed before faust
     # creates its loop.
     uvloop.install()
-    faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    # override_logging=False: keep the structured JSON logging set up by the CLI (streams.logs);
+    # mode would otherwise replace it with a plain format that drops every field.
+    faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True,
+                 override_logging=False).execute_from_commandline()

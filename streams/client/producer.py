@@ -27,8 +27,9 @@ from pydantic import ValidationError
 
 import streams
 from streams.errors import StreamsError
-from streams.kafka.config import confluent_config
-from streams.models import MAX_ENTITIES, parse_ingest_record
+from streams.kafka.config import reliable_producer_config
+from streams.models import MAX_ENTITIES, RunCompleted, parse_ingest_record
+from streams.runs import completions
 from streams.settings import Settings
 from streams.topics import topic_names
 
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRODUCER = {"app_name": "streams-produce", "app_version": streams.__version__}
 DEFAULT_DELIVERY_TIMEOUT = 120.0
-# librdkafka's limit applies to a whole protocol batch; the same headroom the topics get.
-_FRAMING_BYTES = 256 * 1024
 # Leaving a `with` block on an error should not hang for the full delivery timeout.
 _ABORT_FLUSH_SECONDS = 10.0
 _SHOWN_ERRORS = 5
@@ -62,6 +61,7 @@ class IngestProducer:
     def __init__(self, settings: Settings, *, producer: dict[str, Any] | None = None,
                  delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT) -> None:
         self.topic = topic_names(settings).ingest
+        self._settings = settings
         self._max_bytes = settings.max_record_bytes
         self._producer_info = dict(producer or DEFAULT_PRODUCER)
         self._delivery_timeout = delivery_timeout
@@ -70,15 +70,8 @@ class IngestProducer:
         self.failed = 0
         self.sent = 0
         self._closed = False
-        self._client = Producer(confluent_config(settings, **{
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "message.max.bytes": settings.max_record_bytes + _FRAMING_BYTES,
-            "delivery.timeout.ms": int(delivery_timeout * 1000),
-            "error_cb": self._on_error,
-        }))
+        self._client = Producer(reliable_producer_config(
+            settings, delivery_timeout=delivery_timeout, error_cb=self._on_error))
 
     # --- records ------------------------------------------------------------------------------
 
@@ -154,6 +147,11 @@ class IngestProducer:
                 f"run {run_id!r} batch {batch}: the record has {len(value)} bytes, more than "
                 f"STREAMS_MAX_RECORD_BYTES={self._max_bytes}; send fewer entities per batch"
             )
+
+    def wait_for_completion(self, run_id: str, *, timeout: float, revision: int | None = None) -> RunCompleted:
+        """The run's RunCompleted from `ingest.completions` (see streams.runs.completions):
+        of `revision` if given, else the latest. Raises CompletionTimeout after `timeout` s."""
+        return completions.wait_for_completion(self._settings, run_id, timeout=timeout, revision=revision)
 
     # --- delivery -----------------------------------------------------------------------------
 

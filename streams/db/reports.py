@@ -28,11 +28,13 @@ class RunStates:
     @property
     def settled(self) -> int:
         """Entities with a final outcome, duplicates included (they are never sent)."""
-        return self.applied + self.no_changes + self.failed + self.errored + self.duplicates
+        return self.applied + self.no_changes + self.errored + self.duplicates
 
     @property
     def in_flight(self) -> int:
-        return self.queued + self.applying + self.pending_retry
+        """Not final yet: queued, being applied, waiting in a retry tier, or FAILED on the way to
+        the dead-letter agent (which makes them ERRORED)."""
+        return self.queued + self.applying + self.pending_retry + self.failed
 
 
 def run_states(conninfo: str, run_ids: list[str] | None = None) -> list[RunStates]:

@@ -6,10 +6,23 @@ talks to the broker the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from confluent_kafka import KafkaError
 
 from streams.errors import SettingsError
 from streams.settings import Settings
+
+
+# Headroom above STREAMS_MAX_RECORD_BYTES for headers and framing. Topics accept records this
+# much larger than the ingest limit, so a record slightly over it still reaches the ingest agent
+# (and is dead-lettered with a reason) instead of being refused by the broker.
+RECORD_HEADROOM_BYTES = 256 * 1024
+
+
+def max_message_bytes(settings: Settings) -> int:
+    return settings.max_record_bytes + RECORD_HEADROOM_BYTES
 
 
 def bootstrap(settings: Settings) -> str:
@@ -38,3 +51,17 @@ def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
         config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
     config.update(extra)
     return config
+
+
+def reliable_producer_config(settings: Settings, *, delivery_timeout: float,
+                             error_cb: Callable[[KafkaError], None]) -> dict[str, Any]:
+    """An idempotent producer that waits for every in-sync replica (no loss, no duplicates)."""
+    return confluent_config(settings, **{
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": max_message_bytes(settings),
+        "delivery.timeout.ms": int(delivery_timeout * 1000),
+        "error_cb": error_cb,
+    })

@@ -73,6 +73,13 @@ class TargetProcess:
             response.raise_for_status()
             return response.json()  # type: ignore[no-any-return]
 
+    def receipts(self, entity_id: str) -> list[float]:
+        """Epoch seconds at which the target received `entity_id` (its first five receipts)."""
+        with self._client() as client:
+            response = client.get(f"/_admin/receipts/{entity_id}")
+            response.raise_for_status()
+            return list(response.json()["times"])
+
     def reset(self) -> None:
         with self._client() as client:
             client.post("/_admin/reset").raise_for_status()

@@ -3,6 +3,7 @@
     POST /bulk-plan-apply/   plan and apply a batch (schemas/target-api.yaml)
     GET  /health             200 {"status": "ok"}
     GET  /_admin/stats       counters since start or the last reset, for tests and benchmarks
+    GET  /_admin/receipts/ID when the first receipts of an id arrived (epoch seconds)
     GET|PUT /_admin/faults   read or replace the injected faults live (`Faults` as JSON)
     POST /_admin/reset       zero the counters (the data stays)
 
@@ -33,6 +34,7 @@ import asyncio
 import hmac
 import logging
 import re
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -86,6 +88,9 @@ def _validation_message(exc: ValidationError, limit: int = 3) -> str:
 # --- stats -----------------------------------------------------------------------------------
 
 
+_TIMED_RECEIPTS = 5
+
+
 @dataclass
 class Stats:
     """Counters since start or reset.
@@ -98,6 +103,8 @@ class Stats:
     requests: Counter[int] = field(default_factory=Counter)
     received: int = 0
     receipts: dict[str, int] = field(default_factory=dict)
+    # When the first receipts of each id arrived: tests measure retry timing from the outside.
+    receipt_times: dict[str, list[float]] = field(default_factory=dict)
     receipts_max: int = 0
     applied_ids: set[str] = field(default_factory=set)
     duplicate_applies: int = 0
@@ -109,6 +116,8 @@ class Stats:
             number = self.receipts.get(entity_id, 0) + 1
             self.receipts[entity_id] = number
             numbers.append(number)
+            if number <= _TIMED_RECEIPTS:
+                self.receipt_times.setdefault(entity_id, []).append(time.time())
         self.received += len(ids)
         self.receipts_max = max(self.receipts_max, *numbers)
         return numbers
@@ -355,6 +364,10 @@ class Target:
             "in_flight": self._in_flight,
         })
 
+    async def admin_receipts(self, request: Request) -> Response:
+        entity_id = str(request.path_params["entity_id"]).lower()
+        return _json({"id": entity_id, "times": self.stats.receipt_times.get(entity_id, [])})
+
     async def admin_faults(self, request: Request) -> Response:
         if request.method == "PUT":
             try:
@@ -417,6 +430,7 @@ def create_app(database_url: str, faults: Faults, *, pool_size: int = 8, token: 
         Route("/health", health, methods=["GET"]),
         Route("/_admin/stats", admin(target.admin_stats), methods=["GET"]),
         Route("/_admin/faults", admin(target.admin_faults), methods=["GET", "PUT"]),
+        Route("/_admin/receipts/{entity_id}", admin(target.admin_receipts), methods=["GET"]),
         Route("/_admin/reset", admin(target.admin_reset), methods=["POST"]),
     ], lifespan=lifespan)
     app.state.target = target

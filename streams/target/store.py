@@ -14,11 +14,9 @@ the same way.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import orjson
@@ -26,13 +24,13 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from streams.db import queries as named_sql
 from streams.resources import sql_dir
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (object_type, natural_key)
 
-_NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
 class StoreUnavailable(Exception):
@@ -62,20 +60,8 @@ class ObjectWrite:
     version: int  # the version it will have: the version read + 1, or 1 for a create
 
 
-def parse_queries(text: str) -> dict[str, str]:
-    """Split a file of `-- name: x` blocks into {name: sql}."""
-    parts = _NAME_RE.split(text)
-    queries = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = body.strip()
-    return queries
-
-
-@cache
 def queries() -> dict[str, str]:
-    return parse_queries((sql_dir() / "target" / "queries.sql").read_text(encoding="utf-8"))
+    return named_sql.load(sql_dir() / "target" / "queries.sql")
 
 
 def schema_sql() -> str:

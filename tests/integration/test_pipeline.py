@@ -4,91 +4,40 @@ and `streams worker` processes."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
 
 from streams.client.generate import generate_entities
-from streams.client.producer import IngestProducer
-from streams.dev.workers import start_worker, stop_worker
 from streams.kafka import headers
 from streams.pipeline.hashing import strip_metadata
 from streams.pipeline.outcomes import State
 from streams.settings import Settings
 from streams.target.faults import Faults
-from streams.target.launch import TargetProcess, start_target
+from streams.target.launch import TargetProcess
 from streams.topics import topic_names
-from tests.helpers import committed, consume_all, end_offsets, produce_raw, rows, state_counts, wait_for
+from tests.helpers import (
+    committed,
+    consume_all,
+    end_offsets,
+    produce_raw,
+    rows,
+    send_run,
+    settled,
+    state_counts,
+    wait_for,
+)
+from tests.integration.conftest import Workers
 
 pytestmark = pytest.mark.integration
-
-SETTLED = (State.APPLIED, State.NO_CHANGES, State.FAILED, State.ERRORED)
-
-
-@pytest.fixture
-def target(settings: Settings, tmp_path: Path) -> Iterator[TargetProcess]:
-    assert settings.database_url is not None
-    process = start_target(settings.database_url.get_secret_value(), log_path=tmp_path / "target.log")
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture
-def pipeline(topics: Settings, target: TargetProcess) -> Settings:
-    """Settings for a topology with its topics created and the target running."""
-    return topics.model_copy(update={"target_url": target.url, "batch_size": 200})
-
-
-class Workers:
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
-        self.settings, self.log_dir, self.processes = settings, log_dir, []
-
-    def start(self) -> object:
-        process = start_worker(self.settings, log_path=self.log_dir / f"worker-{len(self.processes)}.log")
-        self.processes.append(process)
-        return process
-
-    def alive(self) -> bool:
-        return any(process.poll() is None for process in self.processes)
-
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.log_dir.glob("worker-*.log"))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            stop_worker(process)
-
-
-@pytest.fixture
-def workers(pipeline: Settings, tmp_path: Path) -> Iterator[Workers]:
-    group = Workers(pipeline, tmp_path)
-    try:
-        yield group
-    finally:
-        group.stop_all()
-
-
-def _settled(settings: Settings, run_id: str, expected: int) -> bool:
-    counts = state_counts(settings, run_id)
-    return sum(counts.get(s, 0) for s in SETTLED) == expected and sum(counts.values()) == expected
-
-
-def _send(settings: Settings, run_id: str, entities: list[dict], batch_size: int = 250) -> None:
-    with IngestProducer(settings) as producer:
-        producer.send_run(run_id, entities, batch_size=batch_size)
-
 
 def test_run_applies_every_entity_once_and_a_resend_only_counts_duplicates(
         pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
     entities = list(generate_entities(5000, seed=7, duplicate_ratio=0.1))
     workers.start()
-    _send(pipeline, "run-a", entities)
+    send_run(pipeline, "run-a", entities)
     distinct = len({orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in _without_metadata(entities)})
-    wait_for(lambda: _settled(pipeline, "run-a", distinct), timeout=120, what="run-a settled",
+    wait_for(lambda: settled(pipeline, "run-a", distinct), timeout=120, what="run-a settled",
              alive=workers.alive)
     counts = state_counts(pipeline, "run-a")
     assert set(counts) <= {State.APPLIED, State.NO_CHANGES}, workers.logs()
@@ -96,9 +45,9 @@ def test_run_applies_every_entity_once_and_a_resend_only_counts_duplicates(
     assert rows(pipeline, "SELECT count(*) FROM change_sets")[0][0] == distinct
 
     # The producer retries every batch of run-a: recognised, nothing new, nothing counted again.
-    _send(pipeline, "run-a", entities)
+    send_run(pipeline, "run-a", entities)
     # The same entities in a new run are duplicates of run-a's rows and are not sent again.
-    _send(pipeline, "run-b", entities)
+    send_run(pipeline, "run-b", entities)
     ingest = topic_names(pipeline).ingest
     wait_for(lambda: committed(pipeline, ingest) == end_offsets(pipeline, ingest), timeout=60,
              what="every ingest record committed", alive=workers.alive)
@@ -115,12 +64,13 @@ def test_permanent_rejections_fail_alone(pipeline: Settings, workers: Workers, t
     target.set_faults(Faults(permanent_rate=0.2, seed=3))
     entities = list(generate_entities(1000, seed=11, duplicate_ratio=0.0))
     workers.start()
-    _send(pipeline, "run-p", entities, batch_size=500)
-    wait_for(lambda: _settled(pipeline, "run-p", 1000), timeout=90, what="run-p settled", alive=workers.alive)
+    send_run(pipeline, "run-p", entities, batch_size=500)
+    wait_for(lambda: settled(pipeline, "run-p", 1000), timeout=90, what="run-p settled", alive=workers.alive)
     counts = state_counts(pipeline, "run-p")
-    assert 100 < counts[State.FAILED] < 300
-    assert counts[State.FAILED] + counts[State.APPLIED] == 1000
-    errors = rows(pipeline, "SELECT last_error FROM ingestion_logs WHERE state = %s", (int(State.FAILED),))
+    # Permanent failures go to the dead-letter topic at once; the dead-letter agent errors them.
+    assert 100 < counts[State.ERRORED] < 300
+    assert counts[State.ERRORED] + counts[State.APPLIED] == 1000
+    errors = rows(pipeline, "SELECT last_error FROM ingestion_logs WHERE state = %s", (int(State.ERRORED),))
     assert all(error["class"] == "permanent" and error["message"].startswith("plan:") for (error,) in errors)
     # Siblings of rejected entities in the same request were applied.
     mixed = rows(pipeline, "SELECT batch FROM ingestion_logs WHERE run_id = 'run-p' GROUP BY batch"
@@ -155,7 +105,7 @@ def test_malformed_records_are_dead_lettered_and_the_partition_goes_on(
         found = headers.decode(message.headers())
         assert found[headers.ERROR_CLASS] == "invalid"
         assert found[headers.ORIGIN_TOPIC] == names.ingest
-    wait_for(lambda: _settled(pipeline, "run-m", 1), timeout=60, what="the good record applied",
+    wait_for(lambda: settled(pipeline, "run-m", 1), timeout=60, what="the good record applied",
              alive=workers.alive)
 
 
@@ -172,7 +122,7 @@ def test_an_exception_in_an_agent_never_skips_an_offset(pipeline: Settings, work
     produce_raw(pipeline, names.ingest, [records[0], (b"k", orjson.dumps(poisoned)), *records[1:]])
     produce_raw(pipeline, names.work, [(b"w", b"\x00garbage")])
     workers.start()
-    wait_for(lambda: _settled(pipeline, "run-x", 3), timeout=90, what="healthy batches applied",
+    wait_for(lambda: settled(pipeline, "run-x", 3), timeout=90, what="healthy batches applied",
              alive=workers.alive)
     dead = consume_all(pipeline, names.dlq, expect=2)
     classes = sorted(headers.decode(m.headers())[headers.ERROR_CLASS] for m in dead)
@@ -188,13 +138,13 @@ def test_a_worker_killed_mid_run_loses_nothing_and_applies_nothing_twice(
     entities = list(generate_entities(6000, seed=5, duplicate_ratio=0.0))
     first = workers.start()
     workers.start()
-    _send(pipeline, "run-k", entities, batch_size=200)
+    send_run(pipeline, "run-k", entities, batch_size=200)
     wait_for(lambda: state_counts(pipeline, "run-k").get(State.APPLIED, 0) > 1000, timeout=90,
              what="the run under way")
     first.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
     first.wait(10)  # type: ignore[attr-defined]
     workers.start()  # a replacement joins, as an operator's supervisor would start one
-    wait_for(lambda: _settled(pipeline, "run-k", 6000), timeout=180, what="run-k settled after the kill",
+    wait_for(lambda: settled(pipeline, "run-k", 6000), timeout=180, what="run-k settled after the kill",
              alive=workers.alive)
     counts = state_counts(pipeline, "run-k")
     assert State.QUEUED not in counts and State.APPLYING not in counts

@@ -1,0 +1,371 @@
+"""The run tracker end to end: real Kafka, Postgres, the reference target and `streams worker`
+processes. Every test ends by reading the whole completions topic and checking that each
+(run_id, revision) is on it exactly once, with exact counts."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams.client.producer import IngestProducer
+from streams.dev.workers import start_worker, stop_worker
+from streams.dlq.replay import ReplayOptions, replay
+from streams.dlq.select import Filters
+from streams.kafka.admin import create_topics
+from streams.kafka.config import confluent_config
+from streams.models import RunCompleted
+from streams.records import RunEvent, WorkItem, WorkRecord, batch_accepted, entities_settled, sealed
+from streams.runs.completions import encode, partition_for, read_completions, wait_for_completion
+from streams.runs.progress import BatchState, RunProgress
+from streams.runs.tracker import batches_changelog
+from streams.settings import Settings
+from streams.target.faults import Faults
+from streams.target.launch import TargetProcess
+from streams.topics import Role, TopicSpec, topic_names
+from tests.helpers import committed, end_offsets, rows, wait_for
+
+pytestmark = pytest.mark.integration
+
+PER_BATCH = 5
+# A killed worker's partitions move once the broker gives up on it: the shortest session the
+# broker allows (group.min.session.timeout.ms) keeps the kill tests short.
+FAST_FAILOVER = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1"}
+
+
+class Workers:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings, self.log_dir = settings, log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, count: int = 1) -> None:
+        for _ in range(count):
+            log_path = self.log_dir / f"worker-{len(self.processes)}.log"
+            self.processes.append(start_worker(self.settings, log_path=log_path, extra_env=FAST_FAILOVER))
+
+    def wait_ready(self) -> None:
+        """Until every live worker has its tables recovered (the tracker says so in its log)."""
+        def ready() -> bool:
+            return all(_log_of(self.log_dir, self.processes.index(p)).count("run progress recovered")
+                       for p in self.live())
+        wait_for(ready, timeout=60, what="the workers ready", alive=self.alive)
+
+    def live(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.processes if p.poll() is None]
+
+    def alive(self) -> bool:
+        return bool(self.live())
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        # All at once: one at a time, each stop would wait for the others' rebalance.
+        for process in self.live():
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            stop_worker(process)
+
+    def logs(self, tail: int | None = 3000) -> str:
+        texts = (p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker-*.log")))
+        return "\n".join(text[-tail:] if tail else text for text in texts)
+
+
+def _log_of(log_dir: Path, index: int) -> str:
+    path = log_dir / f"worker-{index}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture
+def workers(pipeline: Settings, tmp_path: Path) -> Iterator[Workers]:
+    group = Workers(pipeline, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def entities(run_id: str, count: int) -> list[dict[str, Any]]:
+    return [{"object_type": "dcim.site", "entity": {"name": f"{run_id} site {i}", "slug": f"{run_id}-{i}"}}
+            for i in range(count)]
+
+
+def send_batches(settings: Settings, run_id: str, batches: range, *, seal: int | None = None,
+                 items: list[dict[str, Any]] | None = None) -> None:
+    items = items or entities(run_id, (batches.stop) * PER_BATCH)
+    with IngestProducer(settings) as producer:
+        for batch in batches:
+            producer.send_batch(run_id, batch, items[batch * PER_BATCH:(batch + 1) * PER_BATCH])
+        if seal is not None:
+            producer.seal(run_id, seal)
+
+
+def mirrored(settings: Settings, run_id: str) -> dict[str, Any] | None:
+    found = rows(settings, "SELECT batches_total, batches_accepted, batches_completed, batches_failed,"
+                           " entities_accepted, entities_applied + entities_no_changes, entities_errored,"
+                           " revision FROM ingest_runs WHERE run_id = %s", (run_id,))
+    if not found:
+        return None
+    keys = ("total", "accepted", "completed", "failed", "entities", "done", "errored", "revision")
+    return dict(zip(keys, found[0], strict=True))
+
+
+def all_completions(settings: Settings, expect: int, workers: Workers,
+                    timeout: float = 120) -> list[RunCompleted]:
+    """Every record on the completions topic, once `expect` are there and the workers are idle:
+    each run event committed, so nothing left can emit anything."""
+    run_events = topic_names(settings).run_events
+    seen: list[RunCompleted] = []
+    deadline = time.monotonic() + timeout
+    for completed in read_completions(settings, timeout=timeout):
+        seen.append(completed)
+        if len(seen) >= expect:
+            break
+        assert time.monotonic() < deadline
+    assert len(seen) >= expect, \
+        f"only {len(seen)} completions of {expect}\n{diagnose(settings)}\n{workers.logs()}"
+    wait_for(lambda: committed(settings, run_events) == end_offsets(settings, run_events), timeout=60,
+             what=f"every run event committed\n{diagnose(settings)}", alive=workers.alive)
+    return list(read_completions(settings, timeout=3))
+
+
+def diagnose(settings: Settings) -> str:
+    """Where a stuck test stands: runs not complete, and committed vs end offsets per partition."""
+    incomplete = rows(settings, "SELECT run_id, batches_total, batches_accepted, batches_completed,"
+                                " batches_failed FROM ingest_runs WHERE revision = 0")
+    lines = [f"incomplete runs: {incomplete}"]
+    names = topic_names(settings)
+    consumer = Consumer(confluent_config(settings, **{"group.id": settings.app_id}))
+    try:
+        for topic in (names.ingest, names.work, names.run_events, names.dlq):
+            tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+            done = [tp.offset for tp in consumer.committed(tps, timeout=10)]
+            ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+            lines.append(f"{topic}: committed {done}, end {ends}")
+    finally:
+        consumer.close()
+    return "\n".join(lines)
+
+
+def exactly_once(completions: list[RunCompleted]) -> dict[tuple[str, int], RunCompleted]:
+    keys = Counter((c.run_id, c.revision) for c in completions)
+    assert [key for key, n in keys.items() if n > 1] == []
+    return {(c.run_id, c.revision): c for c in completions}
+
+
+def assert_clean(completed: RunCompleted, batches: int) -> None:
+    assert completed.status == "succeeded"
+    assert completed.batches.model_dump() == {"total": batches, "completed": batches, "failed": 0}
+    e = completed.entities
+    entities = batches * PER_BATCH
+    assert (e.accepted, e.applied + e.no_changes, e.duplicates, e.errored) == (entities, entities, 0, 0)
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_seal_first_between_or_last(pipeline: Settings, workers: Workers) -> None:
+    workers.start()
+    send_batches(pipeline, "seal-first", range(0), seal=10)
+    wait_for(lambda: (mirrored(pipeline, "seal-first") or {}).get("total") == 10, what="seal-first sealed",
+             alive=workers.alive)
+    send_batches(pipeline, "seal-first", range(10))
+
+    send_batches(pipeline, "seal-middle", range(5))
+    wait_for(lambda: (mirrored(pipeline, "seal-middle") or {}).get("completed") == 5,
+             what="half of seal-middle", alive=workers.alive)
+    send_batches(pipeline, "seal-middle", range(0), seal=10)
+    wait_for(lambda: (mirrored(pipeline, "seal-middle") or {}).get("total") == 10, what="seal-middle sealed",
+             alive=workers.alive)
+    send_batches(pipeline, "seal-middle", range(5, 10), items=entities("seal-middle", 50))
+
+    send_batches(pipeline, "seal-last", range(10))
+    wait_for(lambda: (mirrored(pipeline, "seal-last") or {}).get("completed") == 10, what="seal-last settled",
+             alive=workers.alive)
+    assert (mirrored(pipeline, "seal-last") or {})["revision"] == 0  # complete but not sealed: no completion
+    send_batches(pipeline, "seal-last", range(0), seal=10)
+
+    by_key = exactly_once(all_completions(pipeline, 3, workers))
+    assert sorted(by_key) == [("seal-first", 1), ("seal-last", 1), ("seal-middle", 1)]
+    for completed in by_key.values():
+        assert_clean(completed, 10)
+    assert wait_for_completion(pipeline, "seal-middle", timeout=10) == by_key[("seal-middle", 1)]
+    wait_for(lambda: mirrored(pipeline, "seal-last") == {
+        "total": 10, "accepted": 10, "completed": 10, "failed": 0, "entities": 50, "done": 50, "errored": 0,
+        "revision": 1}, what="seal-last mirrored")
+
+
+def test_twenty_concurrent_runs_on_two_workers_complete_once_with_exact_counts(
+        pipeline: Settings, workers: Workers) -> None:
+    workers.start(2)
+    run_ids = [f"concurrent-{n:02d}" for n in range(20)]
+    with ThreadPoolExecutor(len(run_ids)) as pool:
+        for future in [pool.submit(send_batches, pipeline, run_id, range(50), seal=50) for run_id in run_ids]:
+            future.result()
+
+    by_key = exactly_once(all_completions(pipeline, 20, workers, timeout=180))
+    assert sorted(by_key) == [(run_id, 1) for run_id in run_ids]
+    for completed in by_key.values():
+        assert_clean(completed, 50)
+    assert rows(pipeline, "SELECT count(*), sum(batches_completed), sum(entities_accepted)"
+                          " FROM run_completions JOIN ingest_runs USING (run_id)"
+                          " WHERE status = 'succeeded'") == [(20, 1000, 5000)]
+
+
+def test_a_worker_killed_at_random_moments_changes_nothing(pipeline: Settings, workers: Workers) -> None:
+    """Ten runs, one after the other. In each, once a random share of its batches is counted
+    (none to all, then a random jitter), one of the two workers is SIGKILLed and a replacement
+    starts: kills land mid-count, mid-recovery and around the completion."""
+    rng = random.Random(3)
+    workers.start(2)
+    run_ids = [f"killed-{n}" for n in range(10)]
+    with ThreadPoolExecutor(1) as sender:
+        for run_id in run_ids:
+            workers.wait_ready()
+            sending = sender.submit(send_batches, pipeline, run_id, range(20), seal=20)
+            share = rng.randint(0, 20)
+            wait_for(lambda r=run_id, k=share: (mirrored(pipeline, r) or {}).get("completed", 0) >= k,
+                     timeout=60, what=f"{share} batches of {run_id} counted", alive=workers.alive)
+            time.sleep(rng.uniform(0.0, 0.3))  # the random moment itself, not a wait for anything
+            workers.kill(rng.choice(workers.live()))
+            workers.start()
+            sending.result()
+
+    by_key = exactly_once(all_completions(pipeline, 10, workers, timeout=120))
+    assert sorted(by_key) == [(run_id, 1) for run_id in run_ids], workers.logs()
+    for completed in by_key.values():
+        assert_clean(completed, 20)
+    for run_id in run_ids:
+        wait_for(lambda r=run_id: (mirrored(pipeline, r) or {}).get("revision") == 1,
+                 what=f"{run_id} mirrored")
+        assert mirrored(pipeline, run_id) == {"total": 20, "accepted": 20, "completed": 20, "failed": 0,
+                                              "entities": 100, "done": 100, "errored": 0, "revision": 1}
+
+
+def test_all_workers_restarted_mid_run_restore_progress_from_the_changelog(
+        pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
+    target.set_faults(Faults(latency_ms=1000))  # a run of seconds, to stop in the middle of
+    run_events = topic_names(pipeline).run_events
+    workers.start(2)
+    send_batches(pipeline, "restarted", range(60), seal=60)
+    wait_for(lambda: (mirrored(pipeline, "restarted") or {}).get("completed", 0) >= 10, timeout=60,
+             what="the run under way", alive=workers.alive)
+    workers.stop_all()
+    before = mirrored(pipeline, "restarted")
+    assert before is not None and before["completed"] < 60 and before["revision"] == 0
+    # What the first workers counted is not delivered again: only the changelog has it now.
+    assert committed(pipeline, run_events) > 0
+
+    workers.start(2)
+    by_key = exactly_once(all_completions(pipeline, 1, workers))
+    assert list(by_key) == [("restarted", 1)]
+    assert_clean(by_key[("restarted", 1)], 60)
+    assert "run progress recovered" in workers.logs(tail=None)
+
+
+def test_a_failed_batch_is_revised_after_the_fix_and_the_replay(
+        pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
+    items = entities("replayed", 50)
+    items[17]["entity"]["name"] = "replayed POISON site"  # batch 3: the target rejects it for now
+    target.set_faults(Faults(poison_pattern="POISON"))
+    workers.start()
+    send_batches(pipeline, "replayed", range(10), seal=10, items=items)
+
+    first = wait_for_completion(pipeline, "replayed", timeout=90, revision=1)
+    assert (first.status, first.batches.failed, first.batches.completed, first.entities.errored) == \
+        ("failed", 1, 9, 1)
+    assert first.entities.applied + first.entities.no_changes == 49
+
+    target.set_faults(Faults())
+    report = replay(pipeline, Filters(runs=("replayed",)), ReplayOptions(requested_by="tests"))
+    assert report.replayed == 1
+
+    second = wait_for_completion(pipeline, "replayed", timeout=90, revision=2)
+    assert (second.status, second.batches.failed, second.batches.completed, second.entities.errored) == \
+        ("succeeded", 0, 10, 0)
+    assert second.entities.applied + second.entities.no_changes == 50
+    assert second.sealed_at == first.sealed_at and second.completed_at > first.completed_at
+    by_key = exactly_once(all_completions(pipeline, 2, workers))
+    assert sorted(by_key) == [("replayed", 1), ("replayed", 2)]
+    assert wait_for_completion(pipeline, "replayed", timeout=10) == second  # the latest
+
+
+# --- the states a crash leaves behind, made on purpose ---------------------------------------
+# A SIGKILL lands in a given window of a few milliseconds only by luck; these tests write what
+# such a crash leaves in the changelogs and on the topics, then start a worker on it.
+
+
+def produce_to(settings: Settings, topic: str, partition: int, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer(confluent_config(settings, **{"enable.idempotence": True, "acks": "all"}))
+    for key, value in records:
+        producer.produce(topic, key=key, value=value, partition=partition)
+    assert producer.flush(30) == 0
+
+
+def one_batch_run(run_id: str) -> list[RunEvent]:
+    work = WorkRecord(run_id, 0, tuple(WorkItem(f"id-{i}", "dcim.site", {}) for i in range(PER_BATCH)))
+    return [batch_accepted(run_id, 0, entities=PER_BATCH, new=PER_BATCH, duplicates=0, producer=None),
+            entities_settled(work, {"applied": PER_BATCH}), sealed(run_id, 1)]
+
+
+def crashed_state(settings: Settings, workers: Workers, run_id: str, progress: RunProgress) -> None:
+    """`progress` as the last run_progress record that reached the changelog, the run's batch
+    counted in run_batches, and the run's events on run-events, not committed."""
+    names = topic_names(settings)
+    partition = partition_for(run_id, settings.partitions)
+    create_topics(settings, [TopicSpec(batches_changelog(settings), Role.CHANGELOG, settings.partitions, 1,
+                                       {"cleanup.policy": "compact"})])
+    events = one_batch_run(run_id)
+    batch = BatchState(events=(events[0].event_id, events[1].event_id), accepted=True, entities=PER_BATCH,
+                       new=PER_BATCH, applied=PER_BATCH)
+    produce_to(settings, batches_changelog(settings), partition,
+               [(orjson.dumps(f"{run_id}:0"), orjson.dumps(batch.to_json()))])
+    produce_to(settings, names.run_progress_changelog, partition,
+               [(orjson.dumps(run_id), orjson.dumps(progress.to_json()))])
+    workers.start()
+    # The events go out once the worker is up: records that are on a partition with no committed
+    # offset while a worker starts can be skipped by faust (see the report of this issue).
+    workers.wait_ready()
+    produce_to(settings, names.run_events, partition, [(run_id.encode(), e.encode()) for e in events])
+
+
+def test_a_run_sum_lost_in_a_crash_is_recounted_from_its_batches(
+        pipeline: Settings, workers: Workers) -> None:
+    # The batch record of the first owner reached the changelog, its run record did not: the
+    # run looks empty, and its redelivered events are recognised as counted already.
+    crashed_state(pipeline, workers, "lost-sum", RunProgress("lost-sum", first_seen=1))
+    by_key = exactly_once(all_completions(pipeline, 1, workers))
+    completed = by_key[("lost-sum", 1)]
+    assert (completed.batches.completed, completed.entities.accepted, completed.entities.applied) == (1, 5, 5)
+    assert "run sums corrected from its batches" in workers.logs(tail=None)
+
+
+def test_a_completion_sent_before_a_crash_is_not_sent_again(pipeline: Settings, workers: Workers) -> None:
+    # The first owner made the run's state durable, sent revision 1 and died before it wrote
+    # that down: the next owner must find the record instead of sending a second one.
+    events = one_batch_run("sent-once")
+    progress, _ = RunProgress("sent-once"), None
+    progress = progress.seal(1, 1_000).with_batch(  # type: ignore[union-attr]
+        BatchState(), BatchState(events=(events[0].event_id, events[1].event_id), accepted=True,
+                                 entities=PER_BATCH, new=PER_BATCH, applied=PER_BATCH), 1_000)
+    assert progress.due
+    sent = progress.completion(1, int(time.time() * 1000))
+    produce_to(pipeline, topic_names(pipeline).completions, partition_for("sent-once", pipeline.partitions),
+               [(b"sent-once", encode(sent))])
+    crashed_state(pipeline, workers, "sent-once", progress)
+    wait_for(lambda: (mirrored(pipeline, "sent-once") or {}).get("revision") == 1, what="revision 1 noted",
+             alive=workers.alive)
+    assert exactly_once(all_completions(pipeline, 1, workers)) == {("sent-once", 1): sent}
+    assert "run completion found on the topic; not sent again" in workers.logs(tail=None)
+    assert rows(pipeline, "SELECT revision, status FROM run_completions") == [(1, "succeeded")]
