@@ -55,7 +55,10 @@ commits the offsets. An event that fails is retried (with backoff) until it succ
 rebalance takes it away: skipping one would make the counts wrong for good, while a stuck
 partition shows up as lag and as stalled runs. Table writes need faust's current event, which
 is set in the task iterating the stream, so events are handled there, one at a time (run
-events are a few per batch), rather than through GuardedBatches' reader task.
+events are a few per batch), rather than through GuardedBatches' reader task. Each partition
+is counted in offset order from its committed offset: faust can drop records around a
+rebalance, and the tracker reads a partition again from the first record it missed
+(streams/runs/positions.py says how the records get lost).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from typing import Any
 import faust
 import mode
 import orjson
+from faust.types import TP
 
 from streams import metrics
 from streams.agents.batching import backoff
@@ -79,6 +83,7 @@ from streams.agents.resources import Resources
 from streams.records import RunEvent
 from streams.runs import store
 from streams.runs.completions import CompletionLog
+from streams.runs.positions import Positions, committed_offsets
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, count
 from streams.settings import Settings
 from streams.topics import topic_names
@@ -91,6 +96,8 @@ SCAN_SLACK_MS = 5 * 60 * 1000
 # Acks wait for a mirror write at most this long, or this many events.
 MIRROR_INTERVAL = 0.25
 MIRROR_EVERY = 200
+# An agent idle this long while a partition has records it did not count reads them again.
+IDLE_BEHIND = 2.0
 
 
 def batches_changelog(settings: Settings) -> str:
@@ -105,8 +112,11 @@ class RunTracker:
     def __init__(self, app: faust.App, settings: Settings, resources: Resources) -> None:
         names = topic_names(settings)
         self.app = app
+        self.settings = settings
         self.resources = resources
+        self.topic = names.run_events
         self.completions = CompletionLog(settings)
+        self.positions = Positions()
         self.batches = app.Table(
             "run_batches", key_type=str, partitions=settings.partitions, on_recover=self._recount,
             changelog_topic=_changelog(app, batches_changelog(settings), settings.partitions))
@@ -119,6 +129,8 @@ class RunTracker:
         self._busy = asyncio.Lock()
         self._flushing = asyncio.Lock()
         self._generation = 0
+        self._recovered = False
+        self._last_event = time.monotonic()
         app.on_partitions_revoked.connect(self._on_revoked)
 
     # --- the agent --------------------------------------------------------------------------
@@ -128,7 +140,16 @@ class RunTracker:
         flusher = asyncio.ensure_future(self._flush_every(MIRROR_INTERVAL, stream))
         try:
             async for event in stream.events():
+                self._last_event = time.monotonic()
+                message = event.message
+                verdict = self.positions.check(message.tp, message.offset)
+                if not verdict.count:
+                    # After a hole: not counted (nor acked, so no commit passes the hole).
+                    if verdict.seek_to is not None:
+                        await self._read_again(message.tp, verdict.seek_to, "records skipped")
+                    continue
                 if await self._process(event):
+                    self.positions.counted(message.tp, message.offset)
                     self._unacked.append(event)
                 if len(self._unacked) >= MIRROR_EVERY:
                     await self._flush_until_done(stream)
@@ -164,6 +185,8 @@ class RunTracker:
         # The event being counted finishes (its completion sent and recorded) before this worker
         # rejoins the group, so the next owner of its run never works on it at the same time.
         self._generation += 1
+        self._recovered = False
+        self.positions.reset({})
         async with self._busy:
             await self.app.producer.flush()
 
@@ -179,6 +202,9 @@ class RunTracker:
             log.error("not a run event; skipped", extra={
                 "topic": message.topic, "partition": message.partition, "offset": message.offset})
             return
+        log.debug("run event", extra={"run": run_event.run_id, "type": run_event.type,
+                                      "batch": run_event.batch, "partition": message.partition,
+                                      "offset": message.offset})
         at_ms = int(message.timestamp * 1000)
         stored, progress = self._current(run_event.run_id, at_ms)
         if run_event.type == "sealed":
@@ -271,6 +297,16 @@ class RunTracker:
             if raw is None or RunProgress.from_json(raw).totals != total:
                 repairs[run_id] = total
         self._repairs = repairs
+        mine = [tp for tp in self.app.consumer.assignment() if tp.topic == self.topic]
+        try:
+            starts = await asyncio.to_thread(committed_offsets, self.settings, self.app.conf.id, mine)
+        except Exception as exc:  # noqa: BLE001 - counting goes on, without noticing skipped records
+            log.warning("committed offsets not read; skipped records will not be noticed", extra={
+                "agent": AGENT, "error": type(exc).__name__, "detail": str(exc)[:300]})
+            starts = {}
+        self.positions.reset({TP(*partition): offset for partition, offset in starts.items()})
+        self._recovered = True
+        self._last_event = time.monotonic()  # records take a moment to flow again after a rebalance
         log.info("run progress recovered",
                  extra={"agent": AGENT, "runs": len(sums), "to_correct": len(repairs)})
 
@@ -280,6 +316,21 @@ class RunTracker:
         while True:
             await asyncio.sleep(interval)
             await self._flush_until_done(stream)
+            idle = time.monotonic() - self._last_event > IDLE_BEHIND
+            if idle and self._recovered and not self.app.rebalancing:
+                ends = {tp: self.app.consumer.highwater(tp) for tp in list(self.positions.next)}
+                for tp, offset in self.positions.behind(ends).items():
+                    await self._read_again(tp, offset, "records at the end not delivered")
+
+    async def _read_again(self, tp: Any, offset: int, why: str) -> None:
+        metrics.RECORDS.labels(agent=AGENT, outcome="read_again").inc()
+        log.warning("run events read again from a partition", extra={
+            "agent": AGENT, "reason": why, "topic": tp.topic, "partition": tp.partition, "offset": offset})
+        try:
+            await self.app.consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - a rebalance took the partition: it seeks by itself
+            log.warning("seek failed", extra={"agent": AGENT, "error": type(exc).__name__,
+                                              "partition": tp.partition, "offset": offset})
 
     async def _flush_until_done(self, stream: faust.StreamT) -> None:
         attempt = 0

@@ -1,5 +1,6 @@
 """Run accounting (streams.runs.progress): every event type, redelivery, any order of events
-and seal, completion and revisions; plus the pure helpers of the tracker, reader and CLI."""
+and seal, completion and revisions; plus the pure helpers of the tracker (positions), the
+completions reader and the CLI."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from streams.records import (
     sealed,
 )
 from streams.runs.completions import partition_for
+from streams.runs.positions import RESEEK_AFTER, Positions, Verdict
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, recount
 from streams.runs.store import RunRow
 
@@ -316,3 +318,51 @@ def test_only_incomplete_runs_stall() -> None:
     assert run_state(row, row.updated_at + timedelta(minutes=11), 600) == ("running", True)
     done = _row(batches_completed=10)
     assert run_state(done, done.updated_at + timedelta(days=3), 600) == ("succeeded", False)
+
+
+# --- positions: records the consumer skipped ------------------------------------------------
+
+P = ("t.ingest.run-events", 0)
+
+
+def test_records_are_counted_in_order_from_the_committed_offset() -> None:
+    positions = Positions()
+    positions.reset({P: 10})
+    for offset in (10, 11, 12):
+        assert positions.check(P, offset, now=0) == Verdict(True)
+        positions.counted(P, offset)
+    assert positions.next == {P: 13}
+    # Delivered again after a rebalance or a seek: counted again (idempotently), position kept.
+    assert positions.check(P, 11, now=0) == Verdict(True)
+    positions.counted(P, 11)
+    assert positions.next == {P: 13}
+
+
+def test_a_record_after_a_hole_is_held_back_and_the_partition_read_again() -> None:
+    positions = Positions()
+    positions.reset({P: 10})
+    assert positions.check(P, 12, now=0) == Verdict(False, 10)  # 10 and 11 were skipped: seek to 10
+    assert positions.check(P, 13, now=0.5) == Verdict(False)  # the seek is under way: just drop
+    assert positions.check(P, 14, now=RESEEK_AFTER + 0.1) == Verdict(False, 10)  # it did not work: again
+    assert positions.check(P, 10, now=3) == Verdict(True)
+    positions.counted(P, 10)
+    assert positions.check(P, 11, now=3) == Verdict(True)
+
+
+def test_an_untracked_partition_is_counted_as_it_comes() -> None:
+    positions = Positions()
+    assert positions.check(P, 42, now=0) == Verdict(True)
+    positions.counted(P, 42)
+    assert positions.next == {}
+
+
+def test_a_partition_whose_end_was_not_delivered_is_read_again() -> None:
+    positions = Positions()
+    positions.reset({P: 1, ("t.ingest.run-events", 1): 5})
+    ends: dict[tuple[str, int], int | None] = {P: 3, ("t.ingest.run-events", 1): 5}
+    assert positions.behind(ends, now=0) == {P: 1}
+    assert positions.behind(ends, now=1) == {}  # a seek is under way
+    assert positions.behind(ends, now=RESEEK_AFTER + 1) == {P: 1}
+    assert positions.behind({P: None}, now=10) == {}  # end not known yet
+    positions.reset({})
+    assert positions.behind(ends, now=20) == {}
