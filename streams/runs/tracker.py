@@ -318,9 +318,18 @@ class RunTracker:
             await self._flush_until_done(stream)
             idle = time.monotonic() - self._last_event > IDLE_BEHIND
             if idle and self._recovered and not self.app.rebalancing:
-                ends = {tp: self.app.consumer.highwater(tp) for tp in list(self.positions.next)}
-                for tp, offset in self.positions.behind(ends).items():
+                for tp, offset in self.positions.behind(self._ends()).items():
                     await self._read_again(tp, offset, "records at the end not delivered")
+
+    def _ends(self) -> dict[Any, int | None]:
+        """The end offset of each partition being counted, as the consumer last saw it."""
+        ends: dict[Any, int | None] = {}
+        for tp in list(self.positions.next):
+            try:
+                ends[tp] = self.app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not known (yet): nothing to compare
+                ends[tp] = None
+        return ends
 
     async def _read_again(self, tp: Any, offset: int, why: str) -> None:
         metrics.RECORDS.labels(agent=AGENT, outcome="read_again").inc()
