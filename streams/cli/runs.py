@@ -113,13 +113,12 @@ def _facts(row: RunRow, now: datetime, stall_after: float) -> Table:
     facts.add_column(style="bold")
     facts.add_column()
     producer = row.producer or {}
-    settled = Text(f"{row.settled} of {_total(row)} batches settled")
-    lines = {
+    lines: dict[str, Text | ProgressBar] = {
         "run": Text(row.run_id),
         "state": _state_text(row, now, stall_after),
-        "progress": Group(_bar(row, width=40), settled),
-        "batches": Text(f"accepted {row.batches_accepted}, completed {row.batches_completed}, "
-                        f"failed {row.batches_failed}"),
+        "progress": _bar(row, width=40),
+        "batches": Text(f"settled {row.settled} of {_total(row)}: completed {row.batches_completed}, "
+                        f"failed {row.batches_failed} (accepted {row.batches_accepted})"),
         "entities": Text(f"accepted {row.entities_accepted}, applied {row.entities_applied}, no changes "
                          f"{row.entities_no_changes}, duplicates {row.entities_duplicates}, in retry "
                          f"{row.entities_in_retry}, errored {row.entities_errored}"),
