@@ -20,7 +20,18 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+)
+
+from streams.pipeline.entity_shape import to_diode_shape
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 OBJECT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
@@ -72,8 +83,18 @@ class Producer(_Strict):
 
 
 class EntityIn(_Strict):
+    """An entity in the diode shape; a flat one is wrapped here (streams.pipeline.entity_shape)."""
+
     object_type: Annotated[str, Field(pattern=OBJECT_TYPE_PATTERN)]
     entity: dict[str, Any]
+
+    @field_validator("entity")
+    @classmethod
+    def _diode_shape(cls, entity: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        object_type = info.data.get("object_type")
+        if object_type is None:  # invalid itself: that error is the one reported
+            return entity
+        return to_diode_shape(object_type, entity)  # EntityShapeError is a ValueError
 
 
 class IngestBatch(_Strict):
@@ -164,7 +185,7 @@ class TargetError(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     message: str | None = None
-    retryable: bool | None = None  # overrides the default: plan permanent, apply transient
+    retryable: bool | None = None  # overrides the class streams.pipeline.outcomes gives it
 
 
 class ResultErrors(_Lenient):
@@ -176,6 +197,8 @@ class EntityResult(_Lenient):
     id: str
     change_set: ChangeSet | None = None
     errors: ResultErrors | None = None
+    # NetBox's plugin: e.g. a create that lost a race and was bound to the existing row.
+    warnings: tuple[Any, ...] | None = None
 
 
 class BulkResponse(_Lenient):

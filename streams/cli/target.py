@@ -31,12 +31,16 @@ def target(
         "PERMANENT_RATE", "Share of entities failing with a plan error (permanent).")] = 0.0,
     fail_first: Annotated[int, _opt("FAIL_FIRST", "Apply errors on the first N receipts of every id.")] = 0,
     poison_pattern: Annotated[str | None, _opt(
-        "POISON_PATTERN", "Regex; a request with an entity whose JSON matches is rejected with 422.",
+        "POISON_PATTERN", "Regex; the first entity whose JSON matches breaks the request (see --poison-status).",
     )] = None,
+    poison_status: Annotated[int, _opt(
+        "POISON_STATUS", "500: entities before the poison are applied, as NetBox does; 4xx: none is.",
+    )] = 500,
     status_rate: Annotated[float, _opt("STATUS_RATE", "Share of requests answered --status-code.")] = 0.0,
     status_code: Annotated[int, _opt("STATUS_CODE", "Status of injected request failures.")] = 503,
     retry_after: Annotated[int | None, _opt("RETRY_AFTER", "Retry-After seconds on injected 429/503")] = None,
     outage: Annotated[bool, _opt("OUTAGE", "Answer every bulk request with 503.")] = False,
+    db_down: Annotated[bool, _opt("DB_DOWN", "Answer every entity with the plan error `internal error` (207).")] = False,
     capacity: Annotated[int | None, _opt("CAPACITY", "Concurrent bulk requests served; beyond: 503.")] = None,
     seed: Annotated[int, _opt("SEED", "Seed of every injected decision (same seed, same failures).")] = 0,
 ) -> None:
@@ -50,8 +54,9 @@ def target(
     try:
         faults = Faults(
             latency_ms=latency_ms, transient_rate=transient_rate, permanent_rate=permanent_rate,
-            fail_first=fail_first, poison_pattern=poison_pattern, status_rate=status_rate,
-            status_code=status_code, retry_after=retry_after, outage=outage, capacity=capacity, seed=seed,
+            fail_first=fail_first, poison_pattern=poison_pattern, poison_status=poison_status,
+            status_rate=status_rate, status_code=status_code, retry_after=retry_after, outage=outage,
+            db_down=db_down, capacity=capacity, seed=seed,
         )
     except ValidationError as exc:
         error = exc.errors()[0]

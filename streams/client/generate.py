@@ -2,19 +2,22 @@
 
 `generate_entities` is pure and deterministic: the same (count, seed, duplicate_ratio) gives the
 same items, byte for byte. It walks sites, their devices, the devices' interfaces and the
-interfaces' IP addresses, parents first, so a target that resolves references in arrival order
-finds them. Every distinct object has a distinct natural key, the one a target identifies it by:
+interfaces' IP addresses, parents first. Items are in the diode shape NetBox's diode plugin
+reads (`{"object_type": "dcim.device", "entity": {"device": {…}}}`), and every reference is a
+nested object carrying what the plugin needs to find the referenced object, or to create it
+when the reference arrives first (a device's site, device type and role; an interface's
+device; an IP address's `assigned_object_interface`). So the data applies cleanly to NetBox and
+to the reference target, in any order. Every distinct object has a distinct natural key:
 
-    dcim.site        slug
-    dcim.device      site.slug + name   (device names are also unique across sites, because
-                                         an IP address names its interface's device by name only)
-    dcim.interface   device.site.slug + device.name + name
+    dcim.site        name (slug unique too)
+    dcim.device      site + name   (device names are also unique across sites)
+    dcim.interface   device + name
     ipam.ipaddress   address
 
 Exactly round(count * duplicate_ratio) of the items are repeats of an earlier item (a recent
 one: producers re-send what they just saw). About a fifth of the objects carry a `metadata`
 key whose `collected_at` differs on every send; the dedup hash ignores `metadata`, so their
-repeats are still duplicates.
+repeats are still duplicates (and the plugin ignores it too).
 """
 
 from __future__ import annotations
@@ -113,33 +116,38 @@ def _objects(rng: random.Random) -> Iterator[tuple[str, dict[str, Any]]]:
     for site_index in itertools.count():
         site = _site(rng, site_index)
         slug = site["slug"]
-        yield "dcim.site", site
+        site_ref = {"name": site["name"], "slug": slug}
+        yield "dcim.site", {"site": site}
         per_role: dict[str, int] = {}
         for _ in range(rng.randint(7, 13)):
             role = _weighted(rng, _ROLE_WEIGHTS)
             per_role[role] = per_role.get(role, 0) + 1
             kind = rng.choice(_CATALOG[role])
             name = f"{slug}-{role}{per_role[role]:02d}"
-            yield "dcim.device", {
+            # Enough to create the device if a reference to it is applied before it is.
+            device_ref = {
                 "name": name,
-                "site": {"slug": slug},
+                "site": site_ref,
                 "device_type": {"model": kind.model, "manufacturer": {"name": kind.manufacturer}},
                 "role": {"name": role},
+            }
+            yield "dcim.device", {"device": {
+                **device_ref,
                 "status": _weighted(rng, {"active": 0.85, "planned": 0.05, "staged": 0.05,
                                           "offline": 0.03, "failed": 0.02}),
                 "serial": "".join(rng.choices(_SERIAL_CHARS, k=11)),
-            }
+            }}
             for port in range(1, rng.randint(2, 6) + 1):
                 interface: dict[str, Any] = {
                     "name": kind.port.format(n=port),
-                    "device": {"name": name, "site": {"slug": slug}},
+                    "device": device_ref,
                     "type": kind.interface_type,
                     "enabled": rng.random() < 0.9,
                     "mtu": kind.mtu,
                 }
                 if rng.random() < 0.3:
                     interface["description"] = rng.choice(_DESCRIPTIONS)
-                yield "dcim.interface", interface
+                yield "dcim.interface", {"interface": interface}
                 if rng.random() < 0.9:
                     address: dict[str, Any] = {
                         "address": _address(hosts),
@@ -147,10 +155,10 @@ def _objects(rng: random.Random) -> Iterator[tuple[str, dict[str, Any]]]:
                     }
                     hosts += 1
                     if rng.random() < 0.95:
-                        address["assigned_object"] = {
-                            "interface": {"name": interface["name"], "device": {"name": name}}
+                        address["assigned_object_interface"] = {
+                            "name": interface["name"], "type": kind.interface_type, "device": device_ref,
                         }
-                    yield "ipam.ipaddress", address
+                    yield "ipam.ipaddress", {"ip_address": address}
 
 
 def _metadata(rng: random.Random, position: int) -> dict[str, str]:
@@ -192,7 +200,8 @@ def generate_entities(count: int, *, seed: int = 0, duplicate_ratio: float = 0.1
                 recent[fresh % _REPEAT_WINDOW] = slot
             fresh += 1
         if with_metadata:
-            entity["metadata"] = _metadata(metadata, position)
+            data = next(iter(entity.values()))
+            data["metadata"] = _metadata(metadata, position)
         yield {"object_type": object_type, "entity": entity}
 
 

@@ -57,7 +57,8 @@ def decode(value: bytes | None, max_bytes: int) -> IngestBatch | Seal:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "record"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InvalidRecord(f"fails the schema at {where}: {first['msg']}{more}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise InvalidRecord(f"fails the schema at {where}: {message}{more}") from None
 
 
 def hash_batch(batch: IngestBatch, source: Source) -> HashedBatch:

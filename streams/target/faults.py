@@ -4,13 +4,17 @@
 whole. Every random-looking decision is a hash of (seed, a label, ids), never `random`, so a
 test that sends the same requests gets the same failures on every run and machine:
 
-- permanent (plan error): drawn per (seed, entity id). An id that is invalid stays invalid on
-  every retry and replay, as a real validation error would, until the faults are changed.
-- transient (apply error): drawn per (seed, entity id, receipt number). A retried entity gets
-  a fresh draw, so transient failures clear with retries, as a real conflict would; an id
-  failing forever would be a permanent failure in disguise.
-- fail_first: the first N receipts of every id fail with an apply error, then it succeeds.
+- permanent (a validation plan error): drawn per (seed, entity id). An id that is invalid
+  stays invalid on every retry and replay, as a real validation error would, until the faults
+  are changed.
+- transient (the plugin's database-contention apply error): drawn per (seed, entity id,
+  receipt number). A retried entity gets a fresh draw, so transient failures clear with
+  retries, as a real deadlock would; an id failing forever would be a permanent failure in
+  disguise.
+- fail_first: the first N receipts of every id fail with the contention error, then it succeeds.
 - status_rate: drawn per (seed, request number), counted by the server from 1.
+- poison_pattern: the first entity whose JSON matches breaks the request (see poison_status).
+- db_down: every entity gets the plan error `internal error`, as with NetBox's database down.
 
 Pure: no I/O, no clock, no state.
 """
@@ -39,10 +43,15 @@ class Faults(BaseModel):
     permanent_rate: Rate = 0.0
     fail_first: Annotated[int, Field(ge=0)] = 0
     poison_pattern: str | None = None
+    # The plugin answers 500 when an entry breaks it, with the entries before it committed; a
+    # 4xx here instead refuses the whole request and applies nothing.
+    poison_status: Annotated[int, Field(ge=400, le=599)] = 500
     status_rate: Rate = 0.0
     status_code: Annotated[int, Field(ge=400, le=599)] = 503
     retry_after: Annotated[int, Field(ge=0)] | None = None
     outage: bool = False
+    # NetBox with its database down: 207, every entity with the plan error `internal error`.
+    db_down: bool = False
     capacity: Annotated[int, Field(ge=1)] | None = None
     seed: int = 0
 

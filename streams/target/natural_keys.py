@@ -1,9 +1,13 @@
 """Natural keys of the reference target: which fields identify an object of a given type.
 
 The reference target has no database ids in its input (producers send snapshots), so it finds
-the existing object by the values at a few dotted paths of the entity, e.g. a device is known
-by its site's slug and its own name. The key is stored as the JSON text of those values, which
-is unambiguous (no separator inside a value can make two keys collide) and cheap to build.
+the existing object by the values at a few dotted paths of the entity's data (the object under
+the entity key), as NetBox's diode plugin matches objects: a site by its name, a device by its
+site and name, an interface by its device and name, an IP address by its address, a device
+type by its manufacturer and model; other types by `name`. References are nested objects named
+by their own natural keys, so `device.site.name` is the name of the device's site. The key is
+stored as the JSON text of those values, which is unambiguous (no separator inside a value can
+make two keys collide) and cheap to build.
 
 Pure: no I/O, no state.
 """
@@ -15,11 +19,19 @@ from typing import Any
 
 import orjson
 
+from streams.pipeline.netbox_types import lower_camel
+
 KEY_PATHS: Mapping[str, tuple[str, ...]] = {
-    "dcim.site": ("slug",),
-    "dcim.device": ("site.slug", "name"),
-    "dcim.interface": ("device.site.slug", "device.name", "name"),
+    "dcim.site": ("name",),
+    "dcim.device": ("site.name", "name"),
+    "dcim.interface": ("device.site.name", "device.name", "name"),
     "ipam.ipaddress": ("address",),
+    "ipam.prefix": ("prefix",),
+    "dcim.devicetype": ("manufacturer.name", "model"),
+    "dcim.moduletype": ("manufacturer.name", "model"),
+    "dcim.macaddress": ("mac_address",),
+    "ipam.asn": ("asn",),
+    "circuits.circuit": ("cid",),
 }
 DEFAULT_KEY_PATHS: tuple[str, ...] = ("name",)
 
@@ -44,7 +56,9 @@ def _lookup(entity: Mapping[str, Any], path: str) -> Any:
     for part in path.split("."):
         if not isinstance(value, Mapping):
             return _MISSING
-        value = value.get(part, _MISSING)
+        # Field names come in either protoJSON spelling, as the plugin accepts them.
+        found = value.get(part, _MISSING)
+        value = value.get(lower_camel(part), _MISSING) if found is _MISSING else found
         if value is _MISSING:
             return _MISSING
     return value

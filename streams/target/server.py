@@ -7,13 +7,21 @@
     GET|PUT /_admin/faults   read or replace the injected faults live (`Faults` as JSON)
     POST /_admin/reset       zero the counters (the data stays)
 
+It reads and answers what the NetBox diode plugin reads and answers (see NETBOX.md), so data
+that applies here applies to NetBox: each entity in the diode shape (`{"site": {…}}`, either
+spelling of the key), errors in the plugin's shapes (`{"plan": {"dcim.site": {"slug": […]}}}`,
+`{"apply": {"__all__": ["db_deadlock_after_retries"]}}`), 403 for any credential problem, 500
+with part of the request committed for an entity that breaks the server (the poison fault).
+
 A bulk request goes through, in order: capacity (503 + Retry-After 1 beyond it), latency,
-outage and injected statuses, the bearer token (401), the envelope (400, also for an id that
-is not a UUID or appears twice), poison (422, nothing applied). Then, per entity: an id that
-already has a stored result gets that result again and is not applied again (idempotency);
-injected plan errors and natural-key errors are plan errors; the rest is planned against the
-existing objects (create, update with `before`, or noop) in request order, so two entities
-with the same natural key in one request apply in order: the later sees the earlier's data.
+outage and injected statuses, the bearer token (403), the envelope (400, also for an id that
+is not a UUID or appears twice). Then, per entity: an id that already has a stored result gets
+that result again and is not applied again (idempotency by id, which NetBox does not give);
+an unknown object type or data missing under the entity key, injected plan errors and
+natural-key errors are plan errors; the rest is planned against the existing objects (create,
+update with `before`, or noop) in request order, so two entities with the same natural key in
+one request apply in order: the later sees the earlier's data. A poison entity cuts the
+request there: the entities before it are applied, and the answer is 500.
 
 Bulk speed over per-entity transactions: a real target applies each entity in a transaction
 of its own. This one writes all creates and updates of a request with ONE upsert and all new
@@ -21,7 +29,9 @@ results with ONE insert, in one transaction, so it is never the bottleneck of a 
 Entities failed by fault injection are left out of the write, so every entity still succeeds
 or fails on its own as far as a client can see. Concurrency between requests is optimistic
 (see store.py): a request that lost a race is planned again from fresh reads, up to
-`MAX_WRITE_ATTEMPTS` times, then its entities get apply errors (transient).
+`MAX_WRITE_ATTEMPTS` times, then its entities get the plugin's contention error (transient).
+When its own database is unreachable it answers as the plugin does with NetBox's database
+down: 207, every entity with the plan error `internal error`.
 
 `/_admin/stats` counts bulk requests only, by status; `applied` is the number of stored
 results in the database. When a token is set, the admin routes require it too.
@@ -50,6 +60,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from streams.models import BulkEntity, BulkRequest
+from streams.pipeline.entity_shape import entity_data
+from streams.pipeline.netbox_types import ENTITY_KEYS, lower_camel
 from streams.target import faults as injected
 from streams.target.faults import EntityFault, Faults
 from streams.target.natural_keys import NaturalKeyError, natural_key
@@ -140,8 +152,9 @@ class Item:
     id: str  # as sent, echoed in the result
     canonical: str  # as Postgres prints the uuid: the key of stored results and receipts
     object_type: str
-    entity: dict[str, Any]
+    entity: dict[str, Any]  # as sent: {entity key: data}
     receipt: int
+    data: dict[str, Any] | None = None  # under the entity key; None: nothing there (a plan error)
 
 
 @dataclass(slots=True)
@@ -172,15 +185,30 @@ def _change_set(item: Item, change_type: str, object_id: int | None, before: dic
     return {"id": str(uuid.uuid4()), "changes": [change]}
 
 
-def _result(item: Item, change_set: Any, plan: str | None = None, apply: str | None = None) -> dict[str, Any]:
+Errors = dict[str, Any]  # the plugin's error object: {scope: {field: [messages]}} or {"__all__": […]}
+INTERNAL_ERROR: Errors = {"request": {"__all__": ["internal error"]}}
+CONTENTION: Errors = {"__all__": ["db_deadlock_after_retries"]}  # the plugin's _db_error_code
+
+
+def _result(item: Item, change_set: Any, plan: Errors | None = None, apply: Errors | None = None) -> dict[str, Any]:
     errors = None
     if plan is not None or apply is not None:
-        errors = {"plan": plan and {"message": plan}, "apply": apply and {"message": apply}}
+        errors = {"plan": plan, "apply": apply}
     return {"id": item.id, "change_set": change_set, "errors": errors}
 
 
+def _shape_error(object_type: str, entity: dict[str, Any]) -> Errors | None:
+    """The plugin's plan error for an entity it cannot read (views.py::_extract_entity_data)."""
+    key = ENTITY_KEYS.get(object_type)
+    if key is None:
+        return {"request": {"object_type": [f"{object_type} is not supported in this version."]}}
+    if entity_data(object_type, entity) is None:
+        return {"entity": {lower_camel(key): [f"No data found in expected entity key, got: {list(entity)}"]}}
+    return None
+
+
 def _triage(items: list[Item], stored: dict[str, str], faults: Faults,
-            results: list[dict[str, Any]]) -> list[tuple[Item, Key, str | None]]:
+            results: list[dict[str, Any]]) -> list[tuple[Item, Key, bool]]:
     """Answer stored ids and plan errors into `results`; return the rest with key and apply fault."""
     pending = []
     for item in items:
@@ -188,25 +216,29 @@ def _triage(items: list[Item], stored: dict[str, str], faults: Faults,
             # Already applied: the same answer again, as JSON text straight from the store.
             results[item.index] = _result(item, orjson.Fragment(stored[item.canonical]))
             continue
+        if item.data is None:
+            results[item.index] = _result(item, None, plan=_shape_error(item.object_type, item.entity))
+            continue
         fault = injected.entity_fault(faults, item.canonical, item.receipt)
         if fault is not None and fault.step is EntityFault.PLAN:
-            results[item.index] = _result(item, None, plan=fault.message)
+            results[item.index] = _result(item, None, plan={item.object_type: {"__all__": [fault.message]}})
             continue
         try:
-            key = (item.object_type, natural_key(item.object_type, item.entity))
+            key = (item.object_type, natural_key(item.object_type, item.data))
         except NaturalKeyError as exc:
-            results[item.index] = _result(item, None, plan=str(exc))
+            results[item.index] = _result(item, None, plan={item.object_type: {exc.path: [str(exc)]}})
             continue
-        pending.append((item, key, fault.message if fault is not None else None))
+        pending.append((item, key, fault is not None))
     return pending
 
 
-def _plan(pending: list[tuple[Item, Key, str | None]], existing: dict[Key, StoredObject],
+def _plan(pending: list[tuple[Item, Key, bool]], existing: dict[Key, StoredObject],
           results: list[dict[str, Any]]) -> tuple[list[Planned], list[Slot]]:
     """Plan in request order; answer apply faults into `results`; return the plan and the writes."""
     slots: dict[Key, Slot] = {}
     planned = []
-    for item, key, apply_error in pending:
+    for item, key, apply_fault in pending:
+        assert item.data is not None
         slot = slots.get(key)
         if slot is None:
             found = existing.get(key)
@@ -215,15 +247,16 @@ def _plan(pending: list[tuple[Item, Key, str | None]], existing: dict[Key, Store
             else:
                 slot = slots[key] = Slot(key, found.object_id, found.version, found.data)
         before = slot.data
-        change_type = "create" if before is None else "noop" if before == item.entity else "update"
-        if apply_error is not None:
-            # Reported as planned but not applied; later siblings do not see its data.
-            change_set = _change_set(item, change_type, slot.object_id, before, item.entity)
-            results[item.index] = _result(item, change_set, apply=apply_error)
+        change_type = "create" if before is None else "noop" if before == item.data else "update"
+        if apply_fault:
+            # Planned but not applied, as the plugin reports a rolled-back entity: the change
+            # set comes back with the error. Later siblings do not see its data.
+            change_set = _change_set(item, change_type, slot.object_id, before, item.data)
+            results[item.index] = _result(item, change_set, apply=CONTENTION)
             continue
-        data_json = orjson.dumps(item.entity)  # once: for the object row and for the change set
+        data_json = orjson.dumps(item.data)  # once: for the object row and for the change set
         if change_type != "noop":
-            slot.data, slot.data_json, slot.written = item.entity, data_json, True
+            slot.data, slot.data_json, slot.written = item.data, data_json, True
         planned.append(Planned(item, slot, change_type, before, data_json))
     return planned, [slot for slot in slots.values() if slot.written]
 
@@ -299,7 +332,8 @@ class Target:
             after = injected.retry_after(faults, status)
             return _error(status, "injected failure", {"Retry-After": after} if after else None)
         if not self.authorized(request):
-            return _error(401, "missing or invalid bearer token")
+            # The plugin answers 403 to every credential problem, never 401.
+            return _error(403, "missing, unknown or expired bearer token")
         try:
             batch = BulkRequest.model_validate_json(body)
         except ValidationError as exc:
@@ -307,22 +341,30 @@ class Target:
         canonical, problem = _canonical_ids(batch.entities)
         if problem:
             return _error(400, problem)
-        if faults.poison_pattern is not None:
-            for entity in batch.entities:
-                if injected.is_poison(faults, orjson.dumps(entity.entity).decode()):
-                    message = f"entity {entity.id} matches the poison pattern"
-                    return _error(422, message, id=entity.id, reason="poison")
         receipts = self.stats.receive(canonical)
-        items = [Item(i, e.id, c, e.object_type, e.entity, r)
+        items = [Item(i, e.id, c, e.object_type, e.entity, r, _readable(e))
                  for i, (e, c, r) in enumerate(zip(batch.entities, canonical, receipts, strict=True))]
+        if faults.db_down:
+            return _json({"results": [_result(item, None, plan=INTERNAL_ERROR) for item in items]}, 207)
+        poison = _first_poison(faults, batch.entities)
+        if poison is not None and faults.poison_status != 500:
+            return _error(faults.poison_status, f"entity {batch.entities[poison].id} matches the poison pattern",
+                          id=batch.entities[poison].id, reason="poison")
         try:
-            results = await self._apply(items, faults)
+            # The plugin applies entry after entry and dies at the poison with the earlier
+            # ones committed: the same here.
+            results = await self._apply(items[:poison], faults) if poison != 0 else []
         except StoreUnavailable as exc:
             log.warning("target database unavailable", extra={"error": str(exc), "entities": len(items)})
-            return _error(503, f"target database unavailable: {exc}")
+            results = [_result(item, None, plan=INTERNAL_ERROR) for item in items]
+            return _json({"results": results}, 207)
         except StoreRejected as exc:
-            # Permanent for the request; the client bisects it to find the entity at fault.
-            return _error(422, f"target database rejected the request: {exc}")
+            # A value the database refuses breaks the request, as an unexpected exception
+            # breaks the plugin's: 500, and the client isolates the entity.
+            log.warning("target database refused a value", extra={"error": str(exc), "entities": len(items)})
+            return _json({"errors": INTERNAL_ERROR}, 500)
+        if poison is not None:
+            return _json({"errors": INTERNAL_ERROR}, 500)
         failed = any(result["errors"] is not None for result in results)
         return _json({"results": results}, 207 if failed else 200)
 
@@ -341,9 +383,8 @@ class Target:
                 continue
             self.stats.applied(applied)
             return results
-        message = f"write conflict with concurrent requests after {MAX_WRITE_ATTEMPTS} attempts"
-        log.warning("write conflicts, answering apply errors", extra={"entities": len(items)})
-        return [_result(item, None, apply=message) for item in items]
+        log.warning("write conflicts, answering the plugin's contention error", extra={"entities": len(items)})
+        return [_result(item, None, apply=CONTENTION) for item in items]
 
     async def _attempt_once(self, items: list[Item], faults: Faults) -> Answer:
         async with self.store.session() as session:
@@ -383,6 +424,20 @@ class Target:
         return _json({"status": "reset"})
 
 
+def _readable(entity: BulkEntity) -> dict[str, Any] | None:
+    """The data the plugin would read: only for a type it knows, under that type's key."""
+    return entity_data(entity.object_type, entity.entity) if entity.object_type in ENTITY_KEYS else None
+
+
+def _first_poison(faults: Faults, entities: tuple[BulkEntity, ...]) -> int | None:
+    if faults.poison_pattern is None:
+        return None
+    for index, entity in enumerate(entities):
+        if injected.is_poison(faults, orjson.dumps(entity.entity).decode()):
+            return index
+    return None
+
+
 def _canonical_ids(entities: tuple[BulkEntity, ...]) -> tuple[list[str], str | None]:
     """Each id as Postgres prints it; or a message naming the first id that is bad or repeated."""
     canonical: list[str] = []
@@ -410,7 +465,7 @@ def create_app(database_url: str, faults: Faults, *, pool_size: int = 8, token: 
     def admin(handler):  # type: ignore[no-untyped-def]
         async def guarded(request: Request) -> Response:
             if not target.authorized(request):
-                return _error(401, "missing or invalid bearer token")
+                return _error(403, "missing, unknown or expired bearer token")
             return await handler(request)
         return guarded
 

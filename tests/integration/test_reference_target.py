@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from streams.models import BulkResponse
+from streams.pipeline.netbox_types import ENTITY_KEYS
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess, start_target
 
@@ -37,8 +38,10 @@ def start(database_url: str, tmp_path: Path) -> Iterator[Start]:
 
 
 def entity(object_type: str = "dcim.site", entity_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """A bulk entry in the diode shape: the fields under the object type's entity key."""
     body = fields or {"name": "DC 1", "slug": "dc1"}
-    return {"id": entity_id or str(uuid.uuid4()), "object_type": object_type, "entity": body}
+    return {"id": entity_id or str(uuid.uuid4()), "object_type": object_type,
+            "entity": {ENTITY_KEYS[object_type]: body}}
 
 
 def post(target: TargetProcess, entities: list[dict[str, Any]], **kwargs: Any) -> httpx.Response:
@@ -74,12 +77,12 @@ def test_create_then_noop_then_update(start: Start, database_url: str) -> None:
     [noop] = changes(again)
     assert noop["change_type"] == "noop" and noop["object_id"] == change["object_id"]
 
-    renamed = post(target, [entity(name="DC One", slug="dc1")])
+    renamed = post(target, [entity(name="DC 1", slug="dc-one")])
     assert renamed.status_code == 200
     [update] = changes(renamed)
     assert update["change_type"] == "update" and update["object_id"] == change["object_id"]
     assert update["before"] == {"name": "DC 1", "slug": "dc1"}
-    assert update["data"] == {"name": "DC One", "slug": "dc1"}
+    assert update["data"] == {"name": "DC 1", "slug": "dc-one"}
     assert count(database_url, "objects") == 1 and count(database_url, "results") == 3
 
 
@@ -124,13 +127,35 @@ def test_same_id_sent_concurrently_is_applied_once(start: Start, database_url: s
 
 def test_one_natural_key_twice_in_a_request_applies_in_order(start: Start) -> None:
     target = start()
-    sent = [entity(name="A", slug="dc1"), entity(name="B", slug="dc1"), entity(name="B", slug="dc1")]
+    sent = [entity(name="dc1", slug="a"), entity(name="dc1", slug="b"), entity(name="dc1", slug="b")]
     response = post(target, sent)
     assert response.status_code == 200
     create, update, noop = changes(response)
     assert (create["change_type"], update["change_type"], noop["change_type"]) == ("create", "update", "noop")
-    assert update["before"] == {"name": "A", "slug": "dc1"}
+    assert update["before"] == {"name": "dc1", "slug": "a"}
     assert create["object_id"] == update["object_id"] == noop["object_id"] is not None
+
+
+def test_both_spellings_of_the_entity_key_are_read(start: Start) -> None:
+    target = start()
+    snake = {"id": str(uuid.uuid4()), "object_type": "ipam.ipaddress", "entity": {"ip_address": {"address": "10.0.0.1/24"}}}
+    camel = {"id": str(uuid.uuid4()), "object_type": "ipam.ipaddress", "entity": {"ipAddress": {"address": "10.0.0.1/24"}}}
+    response = post(target, [snake, camel])
+    assert response.status_code == 200
+    assert [c["change_type"] for c in changes(response)] == ["create", "noop"]
+
+
+def test_entities_the_plugin_cannot_read_get_its_plan_errors(start: Start) -> None:
+    target = start()
+    flat = {"id": str(uuid.uuid4()), "object_type": "dcim.site", "entity": {"name": "DC 1", "slug": "dc1"}}
+    unknown = {"id": str(uuid.uuid4()), "object_type": "acme.widget", "entity": {"widget": {"name": "w"}}}
+    response = post(target, [flat, unknown, entity(name="DC 2")])
+    assert response.status_code == 207
+    flat_result, unknown_result, good = response.json()["results"]
+    assert flat_result["change_set"] is None
+    assert flat_result["errors"]["plan"] == {"entity": {"site": ["No data found in expected entity key, got: ['name', 'slug']"]}}
+    assert unknown_result["errors"]["plan"] == {"request": {"object_type": ["acme.widget is not supported in this version."]}}
+    assert good["errors"] is None
 
 
 def test_a_missing_natural_key_is_a_plan_error(start: Start) -> None:
@@ -139,7 +164,8 @@ def test_a_missing_natural_key_is_a_plan_error(start: Start) -> None:
     assert response.status_code == 207
     bad, good = response.json()["results"]
     assert bad["change_set"] is None
-    assert bad["errors"] == {"plan": {"message": "missing natural key field site.slug"}, "apply": None}
+    assert bad["errors"] == {"plan": {"dcim.device": {"site.name": ["missing natural key field site.name"]}},
+                             "apply": None}
     assert good["errors"] is None and good["change_set"]["changes"][0]["change_type"] == "create"
 
 
@@ -150,18 +176,20 @@ def test_permanent_rate_one_gives_plan_errors_and_writes_nothing(start: Start, d
     body = BulkResponse.model_validate_json(response.content)
     for result in body.results:
         assert result.change_set is None
-        assert result.errors and result.errors.plan and result.errors.plan.message
+        assert result.errors and result.errors.plan
+        assert result.errors.plan.model_dump(exclude_none=True) == {"dcim.site": {"__all__": ["injected permanent failure"]}}
     assert count(database_url, "objects") == 0 and target.stats()["applied"] == 0
 
 
-def test_fail_first_two_fails_twice_then_succeeds(start: Start) -> None:
+def test_fail_first_two_fails_twice_with_the_plugins_contention_error_then_succeeds(start: Start) -> None:
     target = start(Faults(fail_first=2))
     sent = entity(name="DC 1", slug="dc1")
     for _ in range(2):
         failed = post(target, [sent])
         assert failed.status_code == 207
         result = failed.json()["results"][0]
-        assert result["errors"]["plan"] is None and result["errors"]["apply"]["message"]
+        assert result["errors"] == {"plan": None, "apply": {"__all__": ["db_deadlock_after_retries"]}}
+        assert result["change_set"]["changes"][0]["change_type"] == "create"  # what was planned
         assert target.stats()["applied"] == 0
     succeeded = post(target, [sent])
     assert succeeded.status_code == 200 and changes(succeeded)[0]["change_type"] == "create"
@@ -170,13 +198,30 @@ def test_fail_first_two_fails_twice_then_succeeds(start: Start) -> None:
     assert stats["requests"] == {"200": 1, "207": 2}
 
 
-def test_poison_rejects_the_whole_request_and_writes_nothing(start: Start, database_url: str) -> None:
+def test_a_poison_entity_breaks_the_request_after_the_entities_before_it(start: Start, database_url: str) -> None:
     target = start(Faults(poison_pattern="poison"))
+    response = post(target, [entity(name="DC 1", slug="dc1"), entity(name="poison pill", slug="p"),
+                             entity(name="DC 3", slug="dc3")])
+    assert response.status_code == 500
+    assert response.json() == {"errors": {"request": {"__all__": ["internal error"]}}}
+    assert count(database_url, "objects") == 1  # as NetBox: the entries before it are committed
+    assert post(target, [entity(name="DC 3", slug="dc3")]).status_code == 200
+
+
+def test_a_poison_with_a_4xx_status_refuses_the_request_and_writes_nothing(start: Start, database_url: str) -> None:
+    target = start(Faults(poison_pattern="poison", poison_status=422))
     response = post(target, [entity(name="DC 1", slug="dc1"), entity(name="poison pill", slug="p")])
-    assert response.status_code == 422
-    assert "poison" in response.json()["message"]
+    assert response.status_code == 422 and "poison" in response.json()["message"]
     assert count(database_url, "objects") == 0 and count(database_url, "results") == 0
-    assert post(target, [entity(name="DC 1", slug="dc1")]).status_code == 200
+
+
+def test_db_down_answers_internal_errors_for_every_entity(start: Start, database_url: str) -> None:
+    target = start(Faults(db_down=True))
+    response = post(target, [entity(name="DC 1"), entity(name="DC 2")])
+    assert response.status_code == 207
+    assert [r["errors"] for r in response.json()["results"]] == [
+        {"plan": {"request": {"__all__": ["internal error"]}}, "apply": None}] * 2
+    assert count(database_url, "objects") == 0
 
 
 def test_outage_answers_503_until_the_faults_are_fixed(start: Start, database_url: str) -> None:
@@ -215,11 +260,12 @@ def test_over_capacity_answers_503_with_retry_after(start: Start) -> None:
 def test_bearer_token_is_enforced_and_never_logged(start: Start, tmp_path: Path) -> None:
     token = "s3cret-" + uuid.uuid4().hex
     target = start(token=token)
-    assert post(target, [entity()]).status_code == 401
-    assert post(target, [entity()], headers={"Authorization": "Bearer wrong"}).status_code == 401
+    # As the plugin: 403 for every credential problem, never 401.
+    assert post(target, [entity()]).status_code == 403
+    assert post(target, [entity()], headers={"Authorization": "Bearer wrong"}).status_code == 403
     assert post(target, [entity()], headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    assert httpx.get(f"{target.url}/_admin/stats").status_code == 401
-    assert target.stats()["requests"] == {"200": 1, "401": 2}  # the helper sends the token
+    assert httpx.get(f"{target.url}/_admin/stats").status_code == 403
+    assert target.stats()["requests"] == {"200": 1, "403": 2}  # the helper sends the token
     assert token not in (tmp_path / "target.log").read_text()
 
 
@@ -251,7 +297,7 @@ def test_duplicate_ids_in_one_request_are_400(start: Start, database_url: str) -
 
 def test_a_thousand_entities_in_one_request(start: Start, database_url: str) -> None:
     target = start()
-    devices = [{"name": f"leaf-{n}", "site": {"slug": "dc1"}} for n in range(10)]
+    devices = [{"name": f"leaf-{n}", "site": {"name": "dc1"}} for n in range(10)]
     sent = [entity("dcim.interface", name=f"eth{n}", device=devices[n % 10]) for n in range(1000)]
     response = post(target, sent)
     assert response.status_code == 200
@@ -274,5 +320,5 @@ def test_health_and_reset(start: Start) -> None:
 def test_a_value_postgres_refuses_rejects_the_request(start: Start, database_url: str) -> None:
     target = start()
     response = post(target, [entity(name="nul \u0000 byte", slug="dc1"), entity(name="DC 2", slug="dc2")])
-    assert response.status_code == 422  # permanent: the client bisects to find the entity
+    assert response.status_code == 500  # as a plugin exception: the client isolates the entity
     assert count(database_url, "objects") == 0

@@ -13,23 +13,30 @@ from streams.client.generate import generate_entities, read_jsonl
 from streams.models import EntityIn
 
 
+def _data(item: dict[str, Any]) -> dict[str, Any]:
+    """The object under the entity key (the items are in the diode shape)."""
+    [data] = item["entity"].values()
+    return data  # type: ignore[no-any-return]
+
+
 def _natural_key(item: dict[str, Any]) -> tuple[str, ...]:
     """What a target identifies an object by (the generator's module docstring)."""
-    kind, entity = item["object_type"], item["entity"]
+    kind, entity = item["object_type"], _data(item)
     if kind == "dcim.site":
-        return kind, entity["slug"]
+        return kind, entity["name"]
     if kind == "dcim.device":
-        return kind, entity["site"]["slug"], entity["name"]
+        return kind, entity["site"]["name"], entity["name"]
     if kind == "dcim.interface":
-        return kind, entity["device"]["site"]["slug"], entity["device"]["name"], entity["name"]
+        return kind, entity["device"]["site"]["name"], entity["device"]["name"], entity["name"]
     assert kind == "ipam.ipaddress", kind
     return kind, entity["address"]
 
 
 def _content(item: dict[str, Any]) -> bytes:
-    """The item as the dedup hash sees it: `metadata` removed (the generator puts it on top)."""
-    entity = {key: value for key, value in item["entity"].items() if key != "metadata"}
-    return orjson.dumps({"object_type": item["object_type"], "entity": entity}, option=orjson.OPT_SORT_KEYS)
+    """The item as the dedup hash sees it: `metadata` removed (the generator puts it in the data)."""
+    (key, data), = item["entity"].items()
+    data = {name: value for name, value in data.items() if name != "metadata"}
+    return orjson.dumps({"object_type": item["object_type"], "entity": {key: data}}, option=orjson.OPT_SORT_KEYS)
 
 
 def test_same_seed_same_items_and_another_seed_other_items() -> None:
@@ -46,7 +53,8 @@ def test_yields_the_requested_count(count: int) -> None:
 def test_every_item_is_a_valid_entity_with_its_natural_key() -> None:
     items = list(generate_entities(5000, seed=3))
     for item in items:
-        EntityIn.model_validate(item)
+        # Already in the diode shape: the model (which wraps flat entities) keeps it as it is.
+        assert EntityIn.model_validate(item).entity == item["entity"]
         assert all(_natural_key(item)), item
     kinds = Counter(item["object_type"] for item in items)
     assert set(kinds) == {"dcim.site", "dcim.device", "dcim.interface", "ipam.ipaddress"}
@@ -54,8 +62,22 @@ def test_every_item_is_a_valid_entity_with_its_natural_key() -> None:
     assert 6 <= kinds["dcim.device"] / kinds["dcim.site"] <= 14
     assert 3 <= kinds["dcim.interface"] / kinds["dcim.device"] <= 5
     assert 0.7 <= kinds["ipam.ipaddress"] / kinds["dcim.interface"] <= 1.1
-    assert all(item["entity"]["address"].startswith("10.") for item in items
+    assert all(_data(item)["address"].startswith("10.") for item in items
                if item["object_type"] == "ipam.ipaddress")
+
+
+def test_references_carry_what_creating_the_referenced_object_needs() -> None:
+    for item in generate_entities(3000, seed=4):
+        data = _data(item)
+        if item["object_type"] == "dcim.interface":
+            device = data["device"]
+        elif item["object_type"] == "ipam.ipaddress" and "assigned_object_interface" in data:
+            assert data["assigned_object_interface"]["type"]
+            device = data["assigned_object_interface"]["device"]
+        else:
+            continue
+        assert device["site"]["name"] and device["role"]["name"]
+        assert device["device_type"]["model"] and device["device_type"]["manufacturer"]["name"]
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.1, 0.35])
@@ -79,11 +101,11 @@ def test_distinct_objects_have_distinct_natural_keys() -> None:
 
 def test_some_items_carry_metadata_that_varies_between_repeats() -> None:
     items = list(generate_entities(5000, seed=2, duplicate_ratio=0.3))
-    with_metadata = [item for item in items if "metadata" in item["entity"]]
+    with_metadata = [item for item in items if "metadata" in _data(item)]
     assert 0.1 <= len(with_metadata) / len(items) <= 0.3
     stamps: dict[bytes, set[str]] = {}
     for item in with_metadata:
-        stamps.setdefault(_content(item), set()).add(item["entity"]["metadata"]["collected_at"])
+        stamps.setdefault(_content(item), set()).add(_data(item)["metadata"]["collected_at"])
     assert any(len(times) > 1 for times in stamps.values()), "no repeat with a different timestamp"
 
 

@@ -231,6 +231,12 @@ CASES: list[tuple[str, type[BaseModel], dict[str, Any], bool]] = [
     ("batch: run_id of 200 chars", IngestBatch, _with(BATCH, run_id="r" + "-" * 199), True),
     ("batch: run_id with . _ :", IngestBatch, _with(BATCH, run_id="a.b_c:d-9"), True),
     ("batch: empty entity", IngestBatch, _entities("ipam.vlan", {}), True),
+    ("batch: diode shape", IngestBatch, _entities("dcim.site", {"site": {"name": "dc1"}}), True),
+    ("batch: lowerCamel key", IngestBatch, _entities("ipam.ipaddress", {"ipAddress": {"address": "10.0.0.1/8"}}), True),
+    ("batch: unknown type, diode shape", IngestBatch, _entities("acme.widget", {"widget": {"name": "w"}}), True),
+    ("batch: unknown type, flat", IngestBatch, _entities("acme.widget", {"name": "w"}), False),
+    ("batch: unknown type, two keys", IngestBatch, _entities("acme.widget", {"widget": {}, "x": {}}), False),
+    ("batch: unknown type, key to a string", IngestBatch, _entities("acme.widget", {"widget": "w"}), False),
     ("batch: empty entities", IngestBatch, _with(BATCH, entities=[]), False),
     ("batch: 1001 entities", IngestBatch, _with(BATCH, entities=[ENTITY] * 1001), False),
     ("batch: run_id with a space", IngestBatch, _with(BATCH, run_id="dc1 sweep"), False),
@@ -332,3 +338,10 @@ def test_run_id_with_trailing_newline_is_rejected_by_the_model() -> None:
     # The model (Rust regex, `$` = end of text) rejects it, as the schema intends.
     with pytest.raises(ValidationError):
         parse_ingest_record(_with(SEAL, run_id="dc1\n"))
+
+
+def test_the_flat_object_types_of_the_schema_are_the_known_netbox_types() -> None:
+    from streams.pipeline.netbox_types import ENTITY_KEYS
+
+    enum = _load_json("ingest-batch.schema.json")["$defs"]["netbox_object_type"]["enum"]
+    assert enum == list(ENTITY_KEYS)

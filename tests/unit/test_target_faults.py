@@ -24,10 +24,12 @@ IDS = [str(uuid.UUID(int=n * 7919 + 1)) for n in range(10_000)]
 
 
 @pytest.mark.parametrize(("object_type", "entity", "values"), [
-    ("dcim.site", {"name": "DC 1", "slug": "dc1"}, ("dc1",)),
-    ("dcim.device", {"name": "leaf-01", "site": {"slug": "dc1", "name": "DC 1"}}, ("dc1", "leaf-01")),
-    ("dcim.interface", {"name": "eth0", "device": {"name": "leaf-01", "site": {"slug": "dc1"}}},
-     ("dc1", "leaf-01", "eth0")),
+    ("dcim.site", {"name": "DC 1", "slug": "dc1"}, ("DC 1",)),
+    ("dcim.device", {"name": "leaf-01", "site": {"slug": "dc1", "name": "DC 1"}}, ("DC 1", "leaf-01")),
+    ("dcim.interface", {"name": "eth0", "device": {"name": "leaf-01", "site": {"name": "DC 1"}}},
+     ("DC 1", "leaf-01", "eth0")),
+    ("dcim.devicetype", {"model": "MX204", "manufacturer": {"name": "Juniper"}}, ("Juniper", "MX204")),
+    ("dcim.macaddress", {"macAddress": "00:01:02:03:04:05"}, ("00:01:02:03:04:05",)),  # lowerCamel
     ("ipam.ipaddress", {"address": "10.0.0.1/24", "status": "active"}, ("10.0.0.1/24",)),
     ("dcim.rack", {"name": "r1"}, ("r1",)),
     ("ipam.vlan", {"name": 42}, (42,)),  # any scalar will do
@@ -37,11 +39,11 @@ def test_natural_key_values_per_type(object_type: str, entity: dict, values: tup
 
 
 @pytest.mark.parametrize(("object_type", "entity", "path"), [
-    ("dcim.site", {"name": "dc1"}, "slug"),
-    ("dcim.device", {"name": "leaf-01"}, "site.slug"),
-    ("dcim.device", {"name": "leaf-01", "site": "dc1"}, "site.slug"),  # not an object
-    ("dcim.device", {"site": {"slug": "dc1"}}, "name"),
-    ("dcim.interface", {"name": "eth0", "device": {"name": "leaf-01"}}, "device.site.slug"),
+    ("dcim.site", {"slug": "dc1"}, "name"),
+    ("dcim.device", {"name": "leaf-01"}, "site.name"),
+    ("dcim.device", {"name": "leaf-01", "site": "dc1"}, "site.name"),  # not an object
+    ("dcim.device", {"site": {"name": "dc1"}}, "name"),
+    ("dcim.interface", {"name": "eth0", "device": {"name": "leaf-01"}}, "device.site.name"),
     ("dcim.rack", {"name": None}, "name"),
     ("dcim.rack", {"name": {"first": "r"}}, "name"),
     ("dcim.rack", {"name": ["r1"]}, "name"),
@@ -53,10 +55,10 @@ def test_a_missing_or_non_scalar_key_field_is_named(object_type: str, entity: di
 
 
 def test_natural_keys_do_not_collide_on_separators() -> None:
-    first = natural_key("dcim.device", {"name": "b", "site": {"slug": "a/"}})
-    second = natural_key("dcim.device", {"name": "/b", "site": {"slug": "a"}})
+    first = natural_key("dcim.device", {"name": "b", "site": {"name": "a/"}})
+    second = natural_key("dcim.device", {"name": "/b", "site": {"name": "a"}})
     assert first != second
-    assert natural_key("dcim.device", {"name": "leaf", "site": {"slug": "dc1"}}) == '["dc1","leaf"]'
+    assert natural_key("dcim.device", {"name": "leaf", "site": {"name": "dc1"}}) == '["dc1","leaf"]'
 
 
 # --- the Faults value -------------------------------------------------------------------------
