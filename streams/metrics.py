@@ -17,6 +17,8 @@ TARGET_SECONDS = Histogram(
     "streams_target_request_seconds", "Duration of one bulk-plan-apply call.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+TARGET_TOKENS = Counter("streams_target_tokens_total", "OAuth2 tokens fetched for the target.")
+TARGET_WARNINGS = Counter("streams_target_warnings_total", "Warnings the target returned with applied entities.")
 RETRIES = Counter("streams_batch_retries_total", "Batches processed again after an error, by agent.", ["agent"])
 HEALTHY = Gauge("streams_worker_healthy", "1 while the worker's resources answer, else 0.")
 BREAKER_OPEN = Gauge("streams_target_breaker_open", "1 while the target's circuit breaker is open or probing.")

@@ -101,8 +101,20 @@ class Settings(BaseSettings):
     database_timeout: Duration = Field(30.0, description="Connect and statement timeout.")
 
     target_url: str | None = Field(None, description="Base URL of the bulk-plan-apply target.")
-    target_token: SecretStr | None = Field(None, description="Bearer token for the target; never logged.")
-    target_timeout: Duration = Field(30.0, description="Timeout of one bulk-plan-apply call.")
+    target_token: SecretStr | None = Field(None, description="Static bearer token for the target; never logged.")
+    target_token_url: str | None = Field(
+        None, description="OAuth2 token endpoint (client credentials); with it the worker fetches and refreshes tokens."
+    )
+    target_client_id: str | None = Field(None, description="OAuth2 client id for STREAMS_TARGET_TOKEN_URL.")
+    target_client_secret: SecretStr | None = Field(None, description="OAuth2 client secret; never logged.")
+    target_scope: str = Field("netbox:read netbox:write", description="OAuth2 scope asked for with each token.")
+    target_timeout: Duration = Field(60.0, description="Timeout of one bulk-plan-apply call.")
+    target_request_seconds: Duration = Field(
+        4.0, description="Requests are sized from measured latency to take about this long (at most STREAMS_BATCH_SIZE)."
+    )
+    target_max_request_bytes: PositiveInt = Field(
+        2_000_000, ge=10_000, description="Largest request body; NetBox refuses bodies over 2.5 MiB."
+    )
 
     # --- topology -------------------------------------------------------------------------
     app_id: str = Field("streams", pattern=r"^[A-Za-z0-9._-]{1,100}$", description="Consumer group id.")
@@ -129,6 +141,14 @@ class Settings(BaseSettings):
     kafka_version: str = Field("4.2.1", pattern=r"^4\.\d+\.\d+$", description="Kafka release `streams dev` runs.")
     maven_repo: Path | None = Field(None, description="Maven local repository for the Kafka jars; default ~/.m2.")
     kafka_heap: str = Field("512m", pattern=r"^\d+[mMgG]$", description="Broker heap for `streams dev`.")
+
+    # --- local NetBox (`streams dev netbox`) ----------------------------------------------
+    netbox_python: Path | None = Field(
+        None, description="Python >= 3.12 for the NetBox virtualenv; default: the first one found on this machine."
+    )
+    netbox_cache: Path | None = Field(
+        None, description="Per-user cache of the NetBox virtualenv and migrated template; default ~/.cache/streams/netbox."
+    )
 
     @field_validator("topic_prefix")
     @classmethod
@@ -188,4 +208,4 @@ def load_settings(**overrides: object) -> Settings:
         raise SettingsError(f"{name}: {exc}") from None
 
 
-_SECRET_FIELDS = {"database_url", "target_token", "kafka_sasl_password"}
+_SECRET_FIELDS = {"database_url", "target_token", "target_client_secret", "kafka_sasl_password"}

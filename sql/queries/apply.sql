@@ -50,9 +50,10 @@ UPDATE ingestion_logs AS l
    AND l.id = ANY(%(ids)b::uuid[]);
 
 -- name: insert_change_sets
--- The target returns the same change set again for an id it already applied: keep the first.
-INSERT INTO change_sets (id, ingestion_log_id, attempt)
-SELECT * FROM unnest(%(ids)b::text[], %(log_ids)b::uuid[], %(attempts)b::int4[])
+-- One per answered attempt, also with an apply error (what was planned). A target that
+-- returns the same change set again for an id it already applied: keep the first.
+INSERT INTO change_sets (id, ingestion_log_id, attempt, warnings)
+SELECT * FROM unnest(%(ids)b::text[], %(log_ids)b::uuid[], %(attempts)b::int4[], %(warnings)b::jsonb[])
 ON CONFLICT (id) DO NOTHING;
 
 -- name: insert_changes

@@ -41,11 +41,12 @@ from streams.db.queries import named
 from streams.errors import InvalidRecord, TargetUnavailable
 from streams.kafka import headers
 from streams.kafka.outbox import Outbox
-from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, route, split
-from streams.pipeline.breaker import Breaker, BreakerState
-from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, State
+from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, Routing, route
+from streams.pipeline.breaker import Breaker
+from streams.pipeline.outcomes import CallResult, EntityOutcome, ErrorClass, Failure, State
 from streams.records import WorkItem, WorkRecord, entities_settled
 from streams.settings import Settings
+from streams.target.calls import TargetCalls
 
 log = logging.getLogger(__name__)
 Q = named("apply")
@@ -96,14 +97,17 @@ class PlanApplyAgent:
         self.topics = topics
         self.resources = resources
         self.breaker = breaker
+        self.calls = TargetCalls(settings, self._send, breaker)
+
+    async def _send(self, body: Sequence[dict[str, Any]]) -> CallResult:
+        return await self.resources.target().bulk_plan_apply(body)
 
     async def handle(self, events: Sequence[faust.types.EventT]) -> None:
         await self.process([incoming_from_event(event) for event in events])
 
     async def process(self, records: Sequence[Incoming]) -> None:
         works = [(record, _decode(record)) for record in records]
-        if not self.breaker.allow(time.monotonic()):
-            raise TargetUnavailable("the target's circuit breaker is open", self.breaker.wait(time.monotonic()))
+        self.calls.check()
         steps = await asyncio.gather(*(self._step(record, work) for record, work in works))
         outbox = Outbox()
         for (_, work), step in zip(works, steps, strict=True):
@@ -126,8 +130,9 @@ class PlanApplyAgent:
         items = [item for item in work.items if item.id in claimed]
         step = _Step()
         if items:
-            outcomes = await self._call_all(items)
-            self._stop_if_target_down(outcomes)
+            # TargetUnavailable leaves the rows APPLYING under this claim; the record waits and
+            # takes them back when the target is up.
+            outcomes = await self.calls.apply(items)
             await self._settle(record, work, items, outcomes, step)
         self._report_routed(record, work, routed, step)
         if record.from_tier:
@@ -137,45 +142,6 @@ class PlanApplyAgent:
             "partition": record.origin.partition, "offset": record.origin.offset, "claimed": len(items),
             "earlier": len(routed), **dict(step.counts)})
         return step
-
-    async def _call_all(self, items: list[WorkItem]) -> list[EntityOutcome]:
-        results = await asyncio.gather(*(self._call(body) for body in split(items, self.settings.batch_size)))
-        return [outcome for result in results for outcome in result]
-
-    async def _call(self, body: list[dict[str, Any]]) -> list[EntityOutcome]:
-        result = await self.resources.target().bulk_plan_apply(body)
-        failure = result.request_failure
-        if failure is None:
-            self.breaker.success()
-        elif failure.credentials or failure.error_class is ErrorClass.TRANSIENT:
-            self._breaker_failure()
-        elif len(body) > 1:
-            # The target refused the request as a whole (a poison entity makes it 4xx): halve
-            # it until the entities it refuses are alone, so their siblings still apply.
-            half = len(body) // 2
-            parts = await asyncio.gather(self._call(body[:half]), self._call(body[half:]))
-            return parts[0] + parts[1]
-        return list(result.outcomes)
-
-    def _breaker_failure(self) -> None:
-        before = self.breaker.state
-        after = self.breaker.failure(time.monotonic())
-        metrics.BREAKER_OPEN.set(0 if after is BreakerState.CLOSED else 1)
-        if after is BreakerState.OPEN and before is not BreakerState.OPEN:
-            log.error("target circuit breaker opened; work waits instead of climbing the retry tiers",
-                      extra={"cooldown_s": self.breaker.current_cooldown})
-
-    def _stop_if_target_down(self, outcomes: list[EntityOutcome]) -> None:
-        """Whole-request failures while the breaker is open (or on credentials) leave the rows
-        APPLYING under this claim; the record waits and takes them back when the target is up."""
-        for outcome in outcomes:
-            failure = outcome.failure
-            if failure is None or not failure.whole_request:
-                continue
-            if failure.credentials:
-                raise TargetUnavailable(failure.message, self.breaker.wait(time.monotonic()) or 30.0)
-            if failure.error_class is ErrorClass.TRANSIENT and self.breaker.state is not BreakerState.CLOSED:
-                raise TargetUnavailable(failure.message, self.breaker.wait(time.monotonic()))
 
     async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],
                       outcomes: list[EntityOutcome], step: _Step) -> None:
@@ -198,7 +164,7 @@ class PlanApplyAgent:
                 await conn.execute(Q["route_to_dlq"], {
                     "work_id": work.work_id, "ids": [uuid.UUID(i) for i in group.ids],
                     "errors": [Jsonb(e) for e in group.errors]})
-            await self._record_change_sets(conn, work, routing.change_sets, routing.changes)
+            await self._record_change_sets(conn, work, routing)
         by_id = {item.id: item for item in items}
         for state in routing.done_states:
             step.counts[SUCCESS_NAMES[State(state)]] += 1
@@ -213,18 +179,22 @@ class PlanApplyAgent:
         for state in routing.done_states:
             metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()
 
-    async def _record_change_sets(self, conn: Any, work: WorkRecord, change_sets: list[tuple[str, str]],
-                                  changes: list[tuple[Any, ...]]) -> None:
-        if change_sets:
+    async def _record_change_sets(self, conn: Any, work: WorkRecord, routing: Routing) -> None:
+        if routing.change_sets:
             await conn.execute(Q["insert_change_sets"], {
-                "ids": [cs for cs, _ in change_sets], "log_ids": [uuid.UUID(i) for _, i in change_sets],
-                "attempts": [work.attempt] * len(change_sets)})
-        if changes:
-            columns = list(zip(*changes, strict=True))
+                "ids": [cs for cs, _ in routing.change_sets],
+                "log_ids": [uuid.UUID(log_id) for _, log_id in routing.change_sets],
+                "attempts": [work.attempt] * len(routing.change_sets),
+                "warnings": [_jsonb(list(routing.warnings[cs])) if cs in routing.warnings else None
+                             for cs, _ in routing.change_sets]})
+        if routing.changes:
+            columns = list(zip(*routing.changes, strict=True))
             await conn.execute(Q["insert_changes"], {
                 "change_set_ids": list(columns[0]), "seqs": list(columns[1]), "change_types": list(columns[2]),
                 "object_types": list(columns[3]), "object_ids": list(columns[4]),
                 "befores": [_jsonb(v) for v in columns[5]], "datas": [_jsonb(v) for v in columns[6]]})
+        if routing.warnings:
+            metrics.TARGET_WARNINGS.inc(sum(len(w) for w in routing.warnings.values()))
 
     def _retry_record(self, record: Incoming, work: WorkRecord, tier: int, group: FailedGroup,
                       by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:

@@ -10,13 +10,6 @@ from typing import Any
 
 from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, State
 from streams.pipeline.retry import DeadLetter, decide
-from streams.records import WorkItem
-
-
-def split(items: Sequence[WorkItem], size: int) -> list[list[dict[str, Any]]]:
-    """Request bodies of at most `size` entities each."""
-    bodies = [{"id": i.id, "object_type": i.object_type, "entity": i.entity} for i in items]
-    return [bodies[start:start + size] for start in range(0, len(bodies), size)]
 
 
 @dataclass
@@ -53,6 +46,7 @@ class Routing:
     dead: dict[ErrorClass, FailedGroup] = field(default_factory=lambda: defaultdict(FailedGroup))
     change_sets: list[tuple[str, str]] = field(default_factory=list)  # (change_set_id, ingestion_log_id)
     changes: list[tuple[str, int, str, str, int | None, Any, Any]] = field(default_factory=list)
+    warnings: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # change_set_id -> warnings
 
 
 def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[float], now_ms: int) -> Routing:
@@ -62,6 +56,8 @@ def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[fl
         if outcome.change_set is not None:
             change_set = outcome.change_set
             routing.change_sets.append((change_set.id, outcome.id))
+            if outcome.warnings:
+                routing.warnings[change_set.id] = outcome.warnings
             for seq, change in enumerate(change_set.changes):
                 routing.changes.append((change_set.id, seq, change.change_type, change.object_type,
                                         change.object_id, change.before, change.data))

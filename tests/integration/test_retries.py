@@ -113,9 +113,10 @@ def test_retry_after_picks_the_first_tier_at_least_that_long(
         assert received >= due_at
 
 
-def test_a_poison_entity_is_isolated_and_its_siblings_apply(
+def test_an_entity_that_breaks_the_target_is_isolated_and_its_siblings_apply_at_once(
         pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
-    custom = pipeline.model_copy(update={"batch_size": 100})
+    """As NetBox's plugin: a 500 for the whole request, the entries before the poison committed."""
+    custom = pipeline.model_copy(update={"batch_size": 100, "breaker_threshold": 1})
     target.set_faults(Faults(poison_pattern="poison-slug"))
     entities = _sites(99, "ok")
     entities.insert(37, {"object_type": "dcim.site", "entity": {"name": "bad", "slug": "poison-slug"}})
@@ -123,7 +124,28 @@ def test_a_poison_entity_is_isolated_and_its_siblings_apply(
     send_run(custom, "run-poison", entities, batch_size=100)
     wait_for(lambda: settled(custom, "run-poison", 100), timeout=60, what="run-poison settled",
              alive=workers.alive)
-    assert state_counts(custom, "run-poison") == {State.APPLIED: 99, State.ERRORED: 1}
+    counts = state_counts(custom, "run-poison")
+    # The entries the 500 had committed answer "no changes" when they are sent again.
+    assert counts[State.ERRORED] == 1 and counts[State.APPLIED] + counts.get(State.NO_CHANGES, 0) == 99
+    (error, attempts) = rows(custom, "SELECT last_error, attempts FROM ingestion_logs WHERE state = 7")[0]
+    assert error["class"] == "transient" and error["http_status"] == 500
+    assert attempts == 3  # it climbed every tier (2s, 4s): a poison is not told from a crash at once
+    siblings = rows(custom, "SELECT DISTINCT attempts FROM ingestion_logs WHERE state <> 7")
+    assert siblings == [(1,)]  # every sibling applied on its first attempt
+    assert "circuit breaker opened" not in workers.logs()  # one poison never opens it
+
+
+def test_a_refused_request_is_bisected_and_only_the_refused_entity_is_dead_lettered(
+        pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
+    custom = pipeline.model_copy(update={"batch_size": 100})
+    target.set_faults(Faults(poison_pattern="poison-slug", poison_status=422))
+    entities = _sites(99, "ok")
+    entities.insert(37, {"object_type": "dcim.site", "entity": {"name": "bad", "slug": "poison-slug"}})
+    workers.start(custom)
+    send_run(custom, "run-refused", entities, batch_size=100)
+    wait_for(lambda: settled(custom, "run-refused", 100), timeout=60, what="run-refused settled",
+             alive=workers.alive)
+    assert state_counts(custom, "run-refused") == {State.APPLIED: 99, State.ERRORED: 1}
     (error,) = rows(custom, "SELECT last_error FROM ingestion_logs WHERE state = 7")[0]
     assert error["class"] == "permanent" and error["http_status"] == 422
 
@@ -187,7 +209,7 @@ def test_only_the_waiting_partition_pauses(pipeline: Settings, workers: Workers,
     plan = {"late": (0, now_ms + 9000), "behind": (0, now_ms + 1000), "other": (1, now_ms + 1000)}
     records = {}
     for label, (_, _) in plan.items():
-        entity = {"name": label, "slug": f"pp-{label}"}
+        entity = {"site": {"name": label, "slug": f"pp-{label}"}}
         row_id = str(uuid.uuid4())
         work = WorkRecord("run-pp", len(records), (WorkItem(row_id, "dcim.site", entity),), attempt=2)
         rows(pipeline, "INSERT INTO ingestion_logs (id, request_id, run_id, batch, object_type, entity, entity_hash,"

@@ -316,7 +316,7 @@ def test_a_failed_batch_is_revised_after_the_fix_and_the_replay(
         pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
     items = entities("replayed", 50)
     items[17]["entity"]["name"] = "replayed POISON site"  # batch 3: the target rejects it for now
-    target.set_faults(Faults(poison_pattern="POISON"))
+    target.set_faults(Faults(poison_pattern="POISON", poison_status=422))
     workers.start()
     workers.wait_ready()
     send_batches(pipeline, "replayed", range(10), seal=10, items=items)
