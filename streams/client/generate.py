@@ -95,12 +95,12 @@ def _address(host: int) -> str:
     return f"10.{x}.{y}.{z + 1}/24"
 
 
-def _site(rng: random.Random, index: int) -> dict[str, Any]:
+def _site(rng: random.Random, index: int, namespace: str) -> dict[str, Any]:
     code, city, region = _CITIES[index % len(_CITIES)]
     number = index // len(_CITIES) + 1
     site: dict[str, Any] = {
-        "name": f"{city} DC{number}",
-        "slug": f"{code}-dc{number}",
+        "name": f"{namespace.upper()}{' ' if namespace else ''}{city} DC{number}",
+        "slug": f"{namespace}{'-' if namespace else ''}{code}-dc{number}",
         "status": _weighted(rng, {"active": 0.85, "planned": 0.1, "staging": 0.05}),
     }
     if rng.random() < 0.8:
@@ -110,11 +110,11 @@ def _site(rng: random.Random, index: int) -> dict[str, Any]:
     return site
 
 
-def _objects(rng: random.Random) -> Iterator[tuple[str, dict[str, Any]]]:
+def _objects(rng: random.Random, namespace: str, first_host: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """An endless walk: a site, then each of its devices followed by their interfaces and IPs."""
-    hosts = 0
+    hosts = first_host
     for site_index in itertools.count():
-        site = _site(rng, site_index)
+        site = _site(rng, site_index, namespace)
         slug = site["slug"]
         site_ref = {"name": site["name"], "slug": slug}
         yield "dcim.site", {"site": site}
@@ -169,14 +169,23 @@ def _metadata(rng: random.Random, position: int) -> dict[str, str]:
     }
 
 
-def generate_entities(count: int, *, seed: int = 0, duplicate_ratio: float = 0.1) -> Iterator[dict[str, Any]]:
-    """Yield `count` items `{"object_type", "entity"}`; see the module docstring."""
+def generate_entities(count: int, *, seed: int = 0, duplicate_ratio: float = 0.1, namespace: str = "",
+                      first_host: int = 0) -> Iterator[dict[str, Any]]:
+    """Yield `count` items `{"object_type", "entity"}`; see the module docstring.
+
+    `namespace` (lowercase letters and digits) prefixes every site's name and slug, and so
+    every device name, and `first_host` moves the IP addresses along 10.0.0.0/8: two calls with
+    other namespaces and disjoint host ranges describe disjoint objects in one target (NetBox
+    keeps what was applied, so each benchmark or test run needs objects of its own).
+    """
     if count < 0:
         raise ValueError(f"count must be at least 0, got {count}")
     if not 0 <= duplicate_ratio < 1:
         raise ValueError(f"duplicate_ratio must be in [0, 1), got {duplicate_ratio}")
+    if namespace and not (namespace.isascii() and namespace.isalnum() and namespace.islower()):
+        raise ValueError(f"namespace must be lowercase letters and digits, got {namespace!r}")
     # Separate streams, so the objects of a seed do not change with the duplicate ratio.
-    objects = _objects(random.Random(seed))
+    objects = _objects(random.Random(seed), namespace, first_host)
     repeats = random.Random(f"repeats-{seed}")
     metadata = random.Random(f"metadata-{seed}")
     # (object_type, entity without metadata as JSON, carries metadata) of recent objects.

@@ -141,3 +141,14 @@ def test_read_jsonl_names_the_file_and_line_of_a_bad_line(
     with pytest.raises(ValueError, match=f"bad.jsonl, line 3: .*{problem}") as caught:
         next(reader)
     assert "line 3" in str(caught.value)
+
+
+def test_namespaces_and_host_ranges_give_disjoint_objects() -> None:
+    first = {_natural_key(item) for item in generate_entities(3000, seed=1, duplicate_ratio=0)}
+    second = {_natural_key(item) for item in generate_entities(3000, seed=1, duplicate_ratio=0, namespace="b2",
+                                                                first_host=100_000)}
+    assert first.isdisjoint(second)
+    site = next(generate_entities(1, namespace="b2"))
+    assert _data(site)["slug"].startswith("b2-") and _data(site)["name"].startswith("B2 ")
+    with pytest.raises(ValueError, match="namespace"):
+        next(generate_entities(1, namespace="Not OK"))
