@@ -123,6 +123,14 @@ class EntityOutcome:
     failure: Failure | None = None
     warnings: tuple[Any, ...] = ()  # e.g. a create bound to an existing row without its payload
 
+    @property
+    def fields_dropped(self) -> bool:
+        """Applied, but some of its fields were not stored: the plugin bound a create that lost a
+        race (or matched a row it will not write to) to the existing row, and says to plan the
+        entity again so an update stores them."""
+        return self.state is not None and any(
+            isinstance(w, Mapping) and w.get("fields") and w.get("object_id") is not None for w in self.warnings)
+
 
 @dataclass(frozen=True)
 class CallResult:

@@ -13,6 +13,8 @@ the classification is streams.pipeline.outcomes; this module decides what to do 
         if that fails too the target is failing as a whole (a breaker failure, not an
         isolation), so a failing target gets at most twice the load plus one entity
     REFUSED (422 and other 4xx): bisect until the refused entities are alone (permanent)
+    answered, but an entity's fields were dropped (its create lost a race and was bound to the
+        row the other request made): sent once more at once, it plans an update that stores them
     CREDENTIALS (401/403 after a fresh token), MISCONFIGURED (400/404/405)
         trip the breaker: the flow stops with an alert (TargetUnavailable) and probes after
         each cool-down; no entity is routed or dead-lettered because of it
@@ -28,6 +30,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from streams import metrics
@@ -99,7 +102,23 @@ class TargetCalls:
         return result
 
     async def _call(self, body: Body) -> list[EntityOutcome]:
-        return await self._after(body, await self._send(body))
+        return await self._replan(body, await self._after(body, await self._send(body)))
+
+    async def _replan(self, body: Body, outcomes: list[EntityOutcome]) -> list[EntityOutcome]:
+        """Entities whose create lost a race to a concurrent request were bound to the row the
+        other one made without storing their fields: sent once more, they plan an update."""
+        again = [index for index, outcome in enumerate(outcomes) if outcome.fields_dropped]
+        if not again:
+            return outcomes
+        metrics.RECORDS.labels(agent="plan-apply", outcome="replanned").inc(len(again))
+        log.info("entities bound to existing rows without their fields; planning them again",
+                 extra={"entities": len(again)})
+        second = await self._after([body[i] for i in again], await self._send([body[i] for i in again]))
+        merged = list(outcomes)
+        for index, outcome in zip(again, second, strict=True):
+            # Both answers' warnings are kept with the change set that is stored.
+            merged[index] = replace(outcome, warnings=(*outcomes[index].warnings, *outcome.warnings))
+        return merged
 
     async def _after(self, body: Body, result: CallResult) -> list[EntityOutcome]:
         failure = result.request_failure

@@ -214,3 +214,21 @@ def test_split_respects_the_count_and_the_byte_cap() -> None:
 def test_whole_request_failure_outcomes_share_one_failure() -> None:
     failure = Failure(ErrorClass.TRANSIENT, "x", request=RequestFault.UNAVAILABLE)
     assert failure.whole_request and not Failure(ErrorClass.TRANSIENT, "y").whole_request
+
+
+def test_an_entity_whose_fields_were_dropped_by_a_lost_race_is_planned_again_at_once() -> None:
+    bound = {"object_type": "dcim.interface", "object_id": 7, "fields": ["mtu"],
+             "message": "This create collided with the existing dcim.interface with id 7 …"}
+    sent: list[list[str]] = []
+
+    def answer(ids: list[str]) -> tuple[int, Any]:
+        sent.append(ids)
+        results = applied(ids)[1]["results"]
+        if len(sent) == 1:
+            results[1]["warnings"] = [bound]
+        return 200, {"results": results}
+
+    outcomes = run(calls(FakeTarget(answer)).apply(items(3)))
+    assert sent == [["e0", "e1", "e2"], ["e1"]]
+    assert [o.state for o in outcomes] == [State.APPLIED] * 3
+    assert outcomes[1].warnings == (bound,)  # the first answer's warning is kept with it
