@@ -26,7 +26,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                payload[key] = "[redacted]" if key in _REDACTED_KEYS else value
+                # A count under a sensitive name (`entities`: 500) says nothing secret.
+                sensitive = key in _REDACTED_KEYS and not isinstance(value, (int, float))
+                payload[key] = "[redacted]" if sensitive else value
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(payload, default=str).decode()

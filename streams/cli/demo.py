@@ -1,12 +1,20 @@
 """`streams demo`: the whole topology from nothing, then stop everything it started.
 
 Kafka and Postgres (unless running or external), a fresh `streams_demo` database, migrations,
-topics under a fresh prefix with retry tiers of seconds, the reference target with injected
-faults, and one worker. Four runs of generated NetBox-like entities (with duplicates) and one
-run of entities the target can never accept. Records climb the retry tiers, some land in the
-dead-letter topic, each run's completion event is printed as it arrives; then the target is
-"fixed", the dead letters are replayed, and the revised completions follow. At the end every
-entity is applied except the truly bad ones.
+topics under a fresh prefix with retry tiers of seconds, a target, and one worker.
+
+`--target reference` (the default): the reference target with injected faults. Four runs of
+generated NetBox-like entities (with duplicates) and one run of entities the target can never
+accept. Records climb the retry tiers, some land in the dead-letter topic, each run's
+completion event is printed as it arrives; then the target is "fixed", the dead letters are
+replayed, and the revised completions follow. At the end every entity is applied except the
+truly bad ones.
+
+`--target netbox`: a real NetBox with the diode plugin (`streams dev netbox`, started if it is
+not running, and left running so the objects can be looked at), through OAuth2. Fewer entities
+(NetBox creates 20 to 40 a second on two cores), in a namespace of their own so that every
+demo creates fresh objects; a few sites NetBox refuses (a status it does not know) end
+ERRORED after one attempt; at the end the objects are read back through NetBox's REST API.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import psycopg
 import typer
 from psycopg import sql
@@ -32,7 +43,7 @@ from streams.client.producer import IngestProducer
 from streams.db.connect import conninfo
 from streams.db.migrate import migrate
 from streams.db.reports import RunStates, run_states
-from streams.dev import services
+from streams.dev import netbox_target, services
 from streams.dev.workers import start_worker, stop_worker
 from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
@@ -44,21 +55,52 @@ from streams.target.launch import start_target
 from streams.topics import topology
 
 DEMO_DATABASE = "streams_demo"
-# (run id, generator seed, entities): dc1-resweep sweeps dc1 again, so it is all duplicates.
-RUNS = (("dc1-sweep", 1, 6000), ("dc2-sweep", 2, 6000), ("dc3-sweep", 3, 6000), ("dc1-resweep", 1, 2000))
-# Sites without a slug: the target's plan refuses them every time (a truly bad import).
-BAD_RUN = ("bad-import", 5)
-# Transient apply errors send 3% of the entities up the tiers; the target refuses whole
-# requests holding a firewall (422) until it is "fixed": those entities are dead-lettered.
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one demo sends: (run id, generator seed, entities) per run, and the bad run."""
+
+    runs: tuple[tuple[str, int, int], ...]
+    bad_run: tuple[str, int]
+    batch_size: int
+    namespace: str = ""
+
+    @property
+    def wanted(self) -> dict[str, int]:
+        return {run_id: count for run_id, _, count in self.runs} | {self.bad_run[0]: self.bad_run[1]}
+
+    def entities(self, seed: int, count: int) -> Iterator[dict[str, Any]]:
+        return generate_entities(count, seed=seed, duplicate_ratio=0.1, namespace=self.namespace)
+
+    def bad_entities(self) -> list[dict[str, Any]]:
+        # Sites without a name: every target's plan refuses them, every time (a truly bad import).
+        prefix = f"{self.namespace}-" if self.namespace else ""
+        return [{"object_type": "dcim.site", "entity": {"site": {"slug": f"{prefix}no-name-{n}"}}}
+                for n in range(self.bad_run[1])]
+
+
+# dc1-resweep sweeps dc1 again: mostly duplicates, never sent to the target again.
+REFERENCE = Plan((("dc1-sweep", 1, 6000), ("dc2-sweep", 2, 6000), ("dc3-sweep", 3, 6000), ("dc1-resweep", 1, 2000)),
+                 ("bad-import", 5), batch_size=500)
+# NetBox plans and applies 20 to 40 entities a second on two cores: a demo of about two minutes.
+NETBOX_RUNS = (("dc1-sweep", 1, 600), ("dc2-sweep", 2, 600), ("dc1-resweep", 1, 300))
+# Transient apply errors send 3% of the entities up the tiers; an entity holding a firewall
+# breaks every request it is in (a 500, as NetBox's plugin does) until the target is "fixed":
+# it is isolated, climbs the tiers and is dead-lettered, and the replay applies it.
 FAULTS = Faults(transient_rate=0.03, poison_pattern='"firewall"', seed=42)
 
 
 def demo(
     ctx: typer.Context,
+    target: Annotated[str, typer.Option(help="reference (with injected faults) or netbox (a real NetBox).")]
+    = "reference",
     keep_services: Annotated[bool, typer.Option(help="Leave Kafka and Postgres running afterwards.")] = False,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 300.0,
 ) -> None:
-    """Start everything, ingest ~20k entities through faults, replay the dead letters, report."""
+    """Start everything, ingest generated entities through faults (or into NetBox), report."""
+    if target not in ("reference", "netbox"):
+        fail("--target: expected reference or netbox")
     context: Context = ctx.obj
     base = context.settings()
     started_at = time.monotonic()
@@ -74,41 +116,89 @@ def demo(
         run_guarded(create_topics, settings, topology(settings))
         console.print(f"topics: {len(topology(settings))} under prefix {settings.topic_prefix!r}, "
                       f"retry tiers {', '.join(settings.tier_names)}")
-
         logs = Path(tempfile.mkdtemp(prefix="streams-demo-"))
-        target = start_target(conninfo(settings), faults=FAULTS, log_path=logs / "target.log")
-        cleanup.callback(target.stop)
-        settings = settings.model_copy(update={"target_url": target.url})
-        worker = start_worker(settings, log_path=logs / "worker.log")
-        cleanup.callback(lambda: stop_worker(worker))
-        console.print(f"reference target at {target.url} with faults: 3% transient errors, "
-                      f"whole requests with a firewall refused (422); worker pid {worker.pid}; logs in {logs}")
-        stop_printing = _print_completions(settings, cleanup)
-
-        with IngestProducer(settings) as producer:
-            for run_id, seed, count in RUNS:
-                producer.send_run(run_id, generate_entities(count, seed=seed, duplicate_ratio=0.1), batch_size=500)
-            run_id, count = BAD_RUN
-            producer.send_run(run_id, [{"object_type": "dcim.site", "entity": {"name": f"no-slug-{n}"}}
-                                       for n in range(count)])
-        console.print(f"sent {sum(c for _, _, c in RUNS) + BAD_RUN[1]} entities in {len(RUNS) + 1} runs")
-        alive = lambda: worker.poll() is None  # noqa: E731
-        first = _follow(settings, timeout, alive, "first pass")
-        _report(first, "after the first pass")
-
-        console.print("[bold]fixing the target[/] (no more refused firewalls) and replaying the dead letters…")
-        target.set_faults(Faults())
-        report = run_guarded(replay, settings, Filters(), ReplayOptions())
-        console.print(f"replay {report.replay_id}: {report.replayed} dead letters, {report.entities} entities "
-                      f"requeued → {report.destination}")
-        final = _follow(settings, timeout, alive, "after replay")
-        time.sleep(3)  # let the revised completion events arrive before the printer stops
-        stop_printing()
-    _report(final, f"where every entity ended up ({time.monotonic() - started_at:.1f}s in all)")
-    bad_run, bad_count = BAD_RUN
-    if any(s.in_flight for s in final) or any(
-            s.errored != (bad_count if s.run_id == bad_run else 0) for s in final):
+        if target == "netbox":
+            final = _netbox_demo(settings, logs, timeout, cleanup)
+        else:
+            final = _reference_demo(settings, logs, timeout, cleanup)
+        time.sleep(3)  # let the last completion events arrive before the printer stops
+    plan = final[0]
+    _report(final[1], f"where every entity ended up ({time.monotonic() - started_at:.1f}s in all)")
+    bad_run, bad_count = plan.bad_run
+    if any(s.in_flight for s in final[1]) or any(
+            s.errored != (bad_count if s.run_id == bad_run else 0) for s in final[1]):
         fail("the demo did not end as expected; see the worker log", code=1)
+
+
+def _reference_demo(settings: Settings, logs: Path, timeout: float, cleanup: ExitStack
+                    ) -> tuple[Plan, list[RunStates]]:
+    plan = REFERENCE
+    target = start_target(conninfo(settings), faults=FAULTS, log_path=logs / "target.log")
+    cleanup.callback(target.stop)
+    settings = settings.model_copy(update={"target_url": target.url})
+    worker = start_worker(settings, log_path=logs / "worker.log")
+    cleanup.callback(lambda: stop_worker(worker))
+    console.print(f"reference target at {target.url} with faults: 3% transient errors, every request "
+                  f"holding a firewall breaks (500); worker pid {worker.pid}; logs in {logs}")
+    cleanup.callback(_print_completions(settings))
+    _send(settings, plan)
+    alive = lambda: worker.poll() is None  # noqa: E731
+    first = _follow(settings, plan, timeout, alive, "first pass")
+    _report(first, "after the first pass")
+
+    console.print("[bold]fixing the target[/] (firewalls break nothing now) and replaying the dead letters…")
+    target.set_faults(Faults())
+    report = run_guarded(replay, settings, Filters(), ReplayOptions())
+    console.print(f"replay {report.replay_id}: {report.replayed} dead letters, {report.entities} entities "
+                  f"requeued → {report.destination}")
+    return plan, _follow(settings, plan, timeout, alive, "after replay")
+
+
+def _netbox_demo(settings: Settings, logs: Path, timeout: float, cleanup: ExitStack
+                 ) -> tuple[Plan, list[RunStates]]:
+    plan = Plan(NETBOX_RUNS, ("bad-import", 3), batch_size=100, namespace=f"demo{uuid.uuid4().hex[:4]}")
+    with console.status("starting NetBox with the diode plugin (the first run builds it: minutes)…") as status:
+        found = run_guarded(netbox_target.resolve, settings, lambda text: status.update(text))
+    settings = found.settings
+    worker = start_worker(settings, log_path=logs / "worker.log")
+    cleanup.callback(lambda: stop_worker(worker))
+    console.print(f"NetBox's diode plugin at {settings.target_url}, OAuth2 tokens from {settings.target_token_url}; "
+                  f"worker pid {worker.pid}; logs in {logs}")
+    cleanup.callback(_print_completions(settings))
+    _send(settings, plan)
+    final = _follow(settings, plan, timeout, lambda: worker.poll() is None, "into NetBox")
+    if found.url and found.api_token:
+        _netbox_report(found.url, found.api_token, plan.namespace)
+        console.print(f"NetBox stays up at {found.url} (sites starting with {plan.namespace!r}); "
+                      "`streams dev netbox down` stops it")
+    return plan, final
+
+
+def _send(settings: Settings, plan: Plan) -> None:
+    with IngestProducer(settings) as producer:
+        for run_id, seed, count in plan.runs:
+            producer.send_run(run_id, plan.entities(seed, count), batch_size=plan.batch_size)
+        producer.send_run(plan.bad_run[0], plan.bad_entities())
+    console.print(f"sent {sum(plan.wanted.values())} entities in {len(plan.wanted)} runs")
+
+
+def _netbox_report(url: str, api_token: str, namespace: str) -> None:
+    """How many of the demo's objects NetBox itself lists, read through its REST API."""
+    headers = {"Authorization": f"Bearer {api_token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        def count(path: str, **params: Any) -> int:
+            response = client.get(path, params={"limit": 1, **params})
+            response.raise_for_status()
+            return int(response.json()["count"])
+
+        sites = count("/api/dcim/sites/", slug__isw=f"{namespace}-")
+        devices = count("/api/dcim/devices/", name__isw=f"{namespace}-")
+        names = [d["name"] for d in client.get("/api/dcim/devices/", params={
+            "name__isw": f"{namespace}-", "limit": 1000}).json()["results"]]
+        interfaces = count("/api/dcim/interfaces/", device=names) if names else 0
+        addresses = count("/api/ipam/ip-addresses/", device=names) if names else 0
+    console.print(f"in NetBox ({url}): {sites} sites, {devices} devices, {interfaces} interfaces, "
+                  f"{addresses} IP addresses on them")
 
 
 def _demo_settings(settings: Settings) -> Settings:
@@ -125,8 +215,8 @@ def _demo_settings(settings: Settings) -> Settings:
     })
 
 
-def _print_completions(settings: Settings, cleanup: ExitStack):  # type: ignore[no-untyped-def]
-    """Print each RunCompleted as it arrives, from a background thread, until told to stop."""
+def _print_completions(settings: Settings) -> Callable[[], None]:
+    """Print each RunCompleted as it arrives, from a background thread; returns the stop."""
     done = threading.Event()
 
     def printer() -> None:
@@ -142,13 +232,13 @@ def _print_completions(settings: Settings, cleanup: ExitStack):  # type: ignore[
 
     thread = threading.Thread(target=printer, name="completions", daemon=True)
     thread.start()
-    cleanup.callback(done.set)
     return done.set
 
 
-def _follow(settings: Settings, timeout: float, alive, label: str) -> list[RunStates]:  # type: ignore[no-untyped-def]
+def _follow(settings: Settings, plan: Plan, timeout: float, alive: Callable[[], bool], label: str
+            ) -> list[RunStates]:
     """Live progress per run until every sent entity has an outcome."""
-    wanted = {run_id: count for run_id, _, count in RUNS} | {BAD_RUN[0]: BAD_RUN[1]}
+    wanted = plan.wanted
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     deadline = time.monotonic() + timeout

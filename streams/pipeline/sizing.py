@@ -28,7 +28,7 @@ import orjson
 
 from streams.records import WorkItem
 
-INITIAL_SIZE = 50
+INITIAL_SIZE = 100
 WEIGHT = 0.3  # of the newest measurement in the average
 ENVELOPE_BYTES = 16  # {"entities":[ … ]}
 
