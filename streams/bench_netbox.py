@@ -3,10 +3,11 @@
 NetBox is the slow part (18 to 65 ms per created entity, NETBOX.md), so the question is whether
 `streams` keeps it busy. Two measurements of the same work in one run:
 
-(n1) NetBox's bulk-plan-apply called directly: generated entities in requests of the size the
-     topology settles on, STREAMS_HTTP_CONCURRENCY requests in flight, one OAuth2 token;
-(n2) the same number of entities of the same shape through `streams` (ingest topic, one worker,
-     Postgres, plan-apply) into the same NetBox, timed from the first row to the last settled.
+(n2) entities through `streams` (ingest topic, one worker, Postgres, plan-apply) into NetBox,
+     timed from the first row to the last settled; the worker's log says how many requests it
+     made, so the mean request size is known;
+(n1) NetBox's bulk-plan-apply called directly with the same number of entities of the same
+     shape, in requests of that mean size, STREAMS_HTTP_CONCURRENCY in flight, one OAuth2 token.
 
 NetBox keeps what is applied and is idempotent by natural key, so each measurement applies
 objects of its own (generator namespaces); a warm-up first creates what both share (device
@@ -31,9 +32,6 @@ from streams.dev.workers import start_worker, stop_worker
 from streams.pipeline.outcomes import classify_response
 from streams.settings import Settings
 
-# Requests of this many entities take about STREAMS_TARGET_REQUEST_SECONDS on NetBox: the size
-# the topology's sizer settles on (a few seconds at 25-40 ms an entity).
-DIRECT_REQUEST_SIZE = 100
 WARM_UP = 200
 
 
@@ -46,13 +44,13 @@ def _token(settings: Settings) -> str:
     return str(response.json()["access_token"])
 
 
-def netbox_direct(settings: Settings, count: int, step: Step, *, namespace: str, first_host: int,
+def netbox_direct(settings: Settings, count: int, step: Step, *, namespace: str, first_host: int, size: int,
                   label: str = "(n1) NetBox bulk-plan-apply called directly") -> Result:
     """NetBox's own capacity for `count` fresh entities at the topology's concurrency."""
-    step(f"{label}: {count} entities, requests of {DIRECT_REQUEST_SIZE}, {settings.http_concurrency} in flight")
+    step(f"{label}: {count} entities, requests of {size}, {settings.http_concurrency} in flight")
     items = [{"id": str(uuid.uuid4()), **item} for item in
              generate_entities(count, seed=404, duplicate_ratio=0.0, namespace=namespace, first_host=first_host)]
-    chunks = [items[i:i + DIRECT_REQUEST_SIZE] for i in range(0, len(items), DIRECT_REQUEST_SIZE)]
+    chunks = [items[i:i + size] for i in range(0, len(items), size)]
     token = _token(settings)
     outcomes: Counter[str] = Counter()
 
@@ -77,12 +75,13 @@ def netbox_direct(settings: Settings, count: int, step: Step, *, namespace: str,
 
     seconds = asyncio.run(run())
     return Result(label, count / seconds, "entities/s", count, seconds,
-                  f"{len(chunks)} requests of {DIRECT_REQUEST_SIZE}, {settings.http_concurrency} in flight; "
+                  f"{len(chunks)} requests of {size}, {settings.http_concurrency} in flight; "
                   + ", ".join(f"{n} {state.lower()}" for state, n in sorted(outcomes.items())))
 
 
 def netbox_end_to_end(settings: Settings, count: int, logs: Path, step: Step, *, namespace: str,
-                      first_host: int) -> Result:
+                      first_host: int) -> tuple[Result, int]:
+    """The measurement, and the mean number of entities per request the worker sent."""
     prepared = prepare(settings, "netbox")
     items = list(generate_entities(count, seed=404, duplicate_ratio=0.0, namespace=namespace, first_host=first_host))
     with IngestProducer(prepared) as producer:
@@ -100,15 +99,26 @@ def netbox_end_to_end(settings: Settings, count: int, logs: Path, step: Step, *,
     states = {name: _scalar(prepared, f"SELECT count(*) FROM ingestion_logs WHERE state = {number}")  # noqa: S608
               for name, number in (("applied", 3), ("no changes", 5), ("errored", 7))}
     retried = _scalar(prepared, "SELECT count(*) FROM ingestion_logs WHERE attempts > 1")
+    size = _mean_request_size(logs / "bench-netbox-worker.log")
     return Result("(n2) end to end through streams into NetBox", count / seconds, "entities/s", count, seconds,
-                  f"{prepared.http_concurrency} calls in flight; " + ", ".join(f"{n} {k}" for k, n in states.items())
-                  + f"; {retried} retried")
+                  f"requests of {size} on average, {prepared.http_concurrency} in flight; "
+                  + ", ".join(f"{n} {k}" for k, n in states.items()) + f"; {retried} retried"), size
+
+
+def _mean_request_size(log: Path) -> int:
+    entities = requests = 0
+    for line in log.read_text(errors="replace").splitlines():
+        if '"work record applied"' in line:
+            record = orjson.loads(line)
+            entities += int(record.get("claimed", 0))
+            requests += int(record.get("requests", 0))
+    return max(1, round(entities / max(requests, 1)))
 
 
 def run(settings: Settings, count: int, logs: Path, step: Step) -> list[Result]:
     tag = uuid.uuid4().hex[:6]
     base = int(uuid.uuid4().int % 8_000_000)
-    netbox_direct(settings, WARM_UP, step, namespace=f"w{tag}", first_host=base, label="warm-up")
-    direct = netbox_direct(settings, count, step, namespace=f"d{tag}", first_host=base + WARM_UP)
-    through = netbox_end_to_end(settings, count, logs, step, namespace=f"s{tag}", first_host=base + WARM_UP + count)
+    netbox_direct(settings, WARM_UP, step, namespace=f"w{tag}", first_host=base, size=100, label="warm-up")
+    through, size = netbox_end_to_end(settings, count, logs, step, namespace=f"s{tag}", first_host=base + WARM_UP)
+    direct = netbox_direct(settings, count, step, namespace=f"d{tag}", first_host=base + WARM_UP + count, size=size)
     return [direct, through]

@@ -129,18 +129,20 @@ class PlanApplyAgent:
                 "work_id": work.work_id, "next_work_id": next_work_id, "ids": ids})).fetchall()
         items = [item for item in work.items if item.id in claimed]
         step = _Step()
+        requests = 0
         if items:
             # TargetUnavailable leaves the rows APPLYING under this claim; the record waits and
             # takes them back when the target is up.
-            outcomes = await self.calls.apply(items)
-            await self._settle(record, work, items, outcomes, step)
+            applied = await self.calls.apply(items)
+            requests = applied.requests
+            await self._settle(record, work, items, applied.outcomes, step)
         self._report_routed(record, work, routed, step)
         if record.from_tier:
             step.counts["retry_out"] += len(work.items)
         log.info("work record applied", extra={
             "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "topic": record.origin.topic,
             "partition": record.origin.partition, "offset": record.origin.offset, "claimed": len(items),
-            "earlier": len(routed), **dict(step.counts)})
+            "earlier": len(routed), "requests": requests, **dict(step.counts)})
         return step
 
     async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],

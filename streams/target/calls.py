@@ -26,11 +26,12 @@ after STREAMS_BREAKER_THRESHOLD requests.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streams import metrics
@@ -48,6 +49,16 @@ Send = Callable[[Sequence[dict[str, Any]]], Awaitable[CallResult]]
 # A whole-request failure this quick to retry is worth one more try before it costs anything.
 QUICK_RETRY_DELAY = 0.5
 QUICK_RETRY_MAX_AFTER = 1.0  # a Retry-After longer than this is honoured through the tiers
+
+
+# Requests made by the apply() being awaited, counted across the tasks it gathers.
+_REQUESTS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("streams_target_requests", default=[0])
+
+
+@dataclass(frozen=True)
+class Applied:
+    outcomes: list[EntityOutcome]  # one per entity, in the order given
+    requests: int  # HTTP requests it took (isolation, bisection and quick retries included)
 
 
 class TargetCalls:
@@ -70,11 +81,16 @@ class TargetCalls:
         if not self.breaker.allow(now):
             raise TargetUnavailable(self._why(), self.breaker.wait(now))
 
-    async def apply(self, items: Sequence[WorkItem]) -> list[EntityOutcome]:
+    async def apply(self, items: Sequence[WorkItem]) -> Applied:
         """Every entity's outcome; raises TargetUnavailable when the flow must wait."""
         bodies = split(items, self.sizer.size(), self.max_bytes)
-        results = await _all(self._call(body) for body in bodies)
-        return [outcome for result in results for outcome in result]
+        tally = _REQUESTS.set([0])
+        try:
+            results = await _all(self._call(body) for body in bodies)
+            requests = _REQUESTS.get()[0]
+        finally:
+            _REQUESTS.reset(tally)
+        return Applied([outcome for result in results for outcome in result], requests)
 
     # --- one request ----------------------------------------------------------------------------
 
@@ -92,6 +108,7 @@ class TargetCalls:
         return result
 
     async def _timed(self, body: Body) -> CallResult:
+        _REQUESTS.get()[0] += 1  # the tasks of one apply() share the list
         started = self._clock()
         result = await self.send_request(body)
         failure = result.request_failure

@@ -87,7 +87,7 @@ def states(outcomes: list[EntityOutcome]) -> dict[str, State | ErrorClass]:
 def test_one_poison_is_isolated_its_siblings_apply_and_the_breaker_stays_closed() -> None:
     target = FakeTarget(poisoned("e5"))
     made = calls(target, threshold=1)
-    outcomes = run(made.apply(items(16)))
+    outcomes = run(made.apply(items(16))).outcomes
     assert states(outcomes) == {**{f"e{i}": State.APPLIED for i in range(16)}, "e5": ErrorClass.TRANSIENT}
     assert [o.id for o in outcomes] == [f"e{i}" for i in range(16)]  # request order kept
     assert made.breaker.state is BreakerState.CLOSED and made.breaker.failures == 0
@@ -96,7 +96,7 @@ def test_one_poison_is_isolated_its_siblings_apply_and_the_breaker_stays_closed(
 
 def test_two_poisons_in_both_halves_are_both_isolated() -> None:
     target = FakeTarget(poisoned("e1", "e12"))
-    outcomes = run(calls(target).apply(items(16)))
+    outcomes = run(calls(target).apply(items(16))).outcomes
     failed = {i for i, s in states(outcomes).items() if s is ErrorClass.TRANSIENT}
     assert failed == {"e1", "e12"}
 
@@ -104,9 +104,11 @@ def test_two_poisons_in_both_halves_are_both_isolated() -> None:
 def test_a_target_failing_every_request_gets_at_most_twice_the_load_and_opens_the_breaker() -> None:
     target = FakeTarget(lambda ids: BROKEN)
     made = calls(target, threshold=2)
-    outcomes = run(made.apply(items(100)))
+    applied = run(made.apply(items(100)))
+    outcomes = applied.outcomes
     assert all(o.failure is not None and o.failure.request is RequestFault.UNAVAILABLE for o in outcomes)
     assert target.entities_sent == 2 * 100 + 1  # the request, its halves, one entity alone
+    assert applied.requests == 4
     assert made.breaker.failures == 1 and made.breaker.state is BreakerState.CLOSED
     with pytest.raises(TargetUnavailable):
         run(made.apply(items(100)))
@@ -116,14 +118,14 @@ def test_a_target_failing_every_request_gets_at_most_twice_the_load_and_opens_th
 def test_a_single_entity_that_breaks_the_target_is_transient_for_that_entity() -> None:
     target = FakeTarget(poisoned("e0"))
     made = calls(target, threshold=1)
-    [outcome] = run(made.apply(items(1)))
+    [outcome] = run(made.apply(items(1))).outcomes
     assert outcome.failure is not None and outcome.failure.error_class is ErrorClass.TRANSIENT
     assert made.breaker.state is BreakerState.CLOSED
 
 
 def test_a_refused_request_is_bisected_and_the_refused_entity_is_permanent() -> None:
     target = FakeTarget(lambda ids: (422, {"message": "poison"}) if "e3" in ids else applied(ids))
-    outcomes = run(calls(target).apply(items(8)))
+    outcomes = run(calls(target).apply(items(8))).outcomes
     assert states(outcomes) == {**{f"e{i}": State.APPLIED for i in range(8)}, "e3": ErrorClass.PERMANENT}
 
 
@@ -149,12 +151,12 @@ def test_an_unavailable_target_is_retried_once_in_place_then_counts_for_the_brea
 
     target = FakeTarget(flaky)
     made = calls(target, threshold=1)
-    assert all(o.state is State.APPLIED for o in run(made.apply(items(3))))
+    assert all(o.state is State.APPLIED for o in run(made.apply(items(3))).outcomes)
     assert made.breaker.failures == 0 and len(target.requests) == 2
 
     down = FakeTarget(lambda ids: (503, {}))
     made = calls(down, threshold=2)
-    outcomes = run(made.apply(items(3)))  # below the threshold: transient, to the tiers
+    outcomes = run(made.apply(items(3))).outcomes  # below the threshold: transient, to the tiers
     assert all(o.failure is not None and o.failure.error_class is ErrorClass.TRANSIENT for o in outcomes)
     assert len(down.requests) == 2
     with pytest.raises(TargetUnavailable):  # the threshold: the records wait instead
@@ -174,7 +176,7 @@ def test_a_long_retry_after_is_not_retried_in_place() -> None:
 
     made = calls(FakeTarget(applied))
     made.send_request = counting
-    outcomes = run(made.apply(items(2)))
+    outcomes = run(made.apply(items(2))).outcomes
     assert sent == [2] and all(o.failure and o.failure.retry_after == 60.0 for o in outcomes)
 
 
@@ -189,10 +191,10 @@ def test_most_entities_with_internal_errors_count_as_the_target_down() -> None:
 
 def test_requests_are_sized_from_the_measured_latency() -> None:
     sizer = RequestSizer(ceiling=500, target_seconds=4.0)
-    assert sizer.size() == 50  # before any answer
+    assert sizer.size() == 100  # before any answer
     for _ in range(10):
-        sizer.observe(50, 50 * 0.04)  # NetBox: 40 ms an entity
-    assert sizer.size() == 100
+        sizer.observe(100, 100 * 0.05)  # NetBox under load: 50 ms an entity
+    assert sizer.size() == 80
     for _ in range(10):
         sizer.observe(100, 100 * 0.0002)  # the reference target
     assert sizer.size() == 500
@@ -228,7 +230,7 @@ def test_an_entity_whose_fields_were_dropped_by_a_lost_race_is_planned_again_at_
             results[1]["warnings"] = [bound]
         return 200, {"results": results}
 
-    outcomes = run(calls(FakeTarget(answer)).apply(items(3)))
+    outcomes = run(calls(FakeTarget(answer)).apply(items(3))).outcomes
     assert sent == [["e0", "e1", "e2"], ["e1"]]
     assert [o.state for o in outcomes] == [State.APPLIED] * 3
     assert outcomes[1].warnings == (bound,)  # the first answer's warning is kept with it
