@@ -63,9 +63,10 @@ def up(settings: Settings) -> list[ServiceReport]:
 
 
 def down(settings: Settings) -> list[ServiceReport]:
-    """Stop exactly the processes `up` started, by pid; leave their data for the next `up`."""
+    """Stop exactly the processes `up` started, by pid; leave their data for the next `up`. A dev
+    NetBox keeps its database on this Postgres, so it is stopped first when it runs."""
     base = home(settings)
-    reports = []
+    reports = [report for report in netbox_down(settings) if report.note == "stopped"]
     # Postgres: SIGINT is its "fast" shutdown (roll back, checkpoint, exit).
     for name, current, sig in (
         ("kafka", kafka_broker.state(base), signal.SIGTERM),
