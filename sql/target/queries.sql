@@ -36,12 +36,28 @@ RETURNING o.object_type, o.natural_key, o.object_id
 
 -- name: insert_results
 -- An id another request stored meanwhile is skipped and not returned; the caller retries.
-INSERT INTO streams_target.results (id, change_set)
-SELECT r.id, r.change_set::json
-FROM unnest(%(ids)b::uuid[], %(change_sets)b::text[]) AS r(id, change_set)
-ORDER BY r.id
-ON CONFLICT (id) DO NOTHING
-RETURNING id::text
+-- Every id stored is also appended to the receipt log `applies`, in the same statement (no
+-- extra round trip), with the change type of its change set.
+WITH stored AS (
+    INSERT INTO streams_target.results (id, change_set)
+    SELECT r.id, r.change_set::json
+    FROM unnest(%(ids)b::uuid[], %(change_sets)b::text[]) AS r(id, change_set)
+    ORDER BY r.id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+), logged AS (
+    INSERT INTO streams_target.applies (id, change_type)
+    SELECT s.id, t.change_type
+    FROM stored AS s
+    JOIN unnest(%(ids)b::uuid[], %(change_types)b::text[]) AS t(id, change_type) ON t.id = s.id
+)
+SELECT id::text FROM stored
 
 -- name: count_results
 SELECT count(*) FROM streams_target.results
+
+-- name: count_applied_twice
+-- Ids the receipt log shows created or updated more than once (0 while the target is right).
+SELECT count(*) FROM (
+    SELECT id FROM streams_target.applies WHERE change_type <> 'noop' GROUP BY id HAVING count(*) > 1
+) AS twice

@@ -27,3 +27,13 @@ CREATE TABLE IF NOT EXISTS streams_target.results (
     change_set json        NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The receipt log: one row per id each time a result is stored, written by the same statement
+-- as the result (see queries.sql insert_results), with the change it made. No key on purpose:
+-- it records what happened rather than what the results table allows, so a check can count
+-- ids applied more than once (`streams chaos` does) without trusting the primary key above.
+CREATE TABLE IF NOT EXISTS streams_target.applies (
+    id          uuid        NOT NULL,
+    change_type text        NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now()
+);

@@ -26,6 +26,8 @@ request there: the entities before it are applied, and the answer is 500.
 Bulk speed over per-entity transactions: a real target applies each entity in a transaction
 of its own. This one writes all creates and updates of a request with ONE upsert and all new
 results with ONE insert, in one transaction, so it is never the bottleneck of a benchmark.
+The same insert appends every id it stores to `streams_target.applies`, a receipt log without a
+key (id, change type, time), which `streams chaos` reads to count ids applied twice.
 Entities failed by fault injection are left out of the write, so every entity still succeeds
 or fails on its own as far as a client can see. Concurrency between requests is optimistic
 (see store.py): a request that lost a race is planned again from fresh reads, up to
@@ -283,7 +285,7 @@ async def _attempt(session: Session, items: list[Item], faults: Faults) -> Answe
             data = orjson.Fragment(p.data_json)
             text = orjson.dumps(_change_set(p.item, p.change_type, p.slot.object_id, p.before, data))
             results[p.item.index] = _result(p.item, orjson.Fragment(text))
-            rows.append((p.item.canonical, text.decode()))
+            rows.append((p.item.canonical, text.decode(), p.change_type))
         await tx.insert_results(rows)
     return results, [row[0] for row in rows]
 

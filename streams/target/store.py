@@ -2,7 +2,8 @@
 
 Only this module imports psycopg for the target. The server plans in Python and calls the
 bulk statements here: one lookup of stored results, one fetch of existing objects, and, in one
-transaction, one upsert of every object written and one insert of every new result.
+transaction, one upsert of every object written and one insert of every new result (which also
+appends each id to the receipt log `streams_target.applies`, in the same statement).
 
 Concurrency is optimistic. Reads happen outside the write transaction; the upsert only writes
 a row still at the version that was read, and the result insert skips ids stored meanwhile.
@@ -186,12 +187,13 @@ class Transaction:
             raise WriteConflict(f"{len(writes) - len(rows)} objects changed since they were read")
         return {(t, k): object_id for t, k, object_id in rows}
 
-    async def insert_results(self, results: Sequence[tuple[str, str]]) -> None:
-        """Store (canonical id, change set JSON) pairs. Raises WriteConflict if an id exists."""
+    async def insert_results(self, results: Sequence[tuple[str, str, str]]) -> None:
+        """Store (canonical id, change set JSON, change type) and append each id to the receipt
+        log `applies`. Raises WriteConflict if an id exists."""
         if not results:
             return
-        rows = await self._session._rows(
-            "insert_results", {"ids": [r[0] for r in results], "change_sets": [r[1] for r in results]}
-        )
+        rows = await self._session._rows("insert_results", {
+            "ids": [r[0] for r in results], "change_sets": [r[1] for r in results],
+            "change_types": [r[2] for r in results]})
         if len(rows) != len(results):
             raise WriteConflict(f"{len(results) - len(rows)} ids were applied by a concurrent request")
