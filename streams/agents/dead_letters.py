@@ -42,24 +42,28 @@ class DeadLetterAgent:
         if not dead:
             return
         pool = await self.resources.pool()
+        errored: list[int] = []
         async with pool.connection() as conn, conn.transaction():
             await conn.execute(COMMON["prefer_hash_joins"])
             for _, work in dead:
-                ids = [item.id for item in work.items]
+                ids = [uuid.UUID(item.id) for item in work.items]
                 await conn.execute(Q["mark_errored"], {
-                    "ids": [uuid.UUID(i) for i in ids],
-                    "errors": [Jsonb(work.errors[i]) if i in work.errors else None for i in ids]})
+                    "work_id": work.work_id, "ids": ids,
+                    "errors": [Jsonb(work.errors[i.id]) if i.id in work.errors else None for i in work.items]})
+                # The rows this dead letter holds ERRORED, now or from an earlier delivery, so a
+                # redelivery reports the same count (and the tracker, seeing the same event id,
+                # counts it once anyway).
+                row = await (await conn.execute(Q["errored_by"], {"work_id": work.work_id, "ids": ids})).fetchone()
+                errored.append(int(row[0]) if row else 0)
         outbox = Outbox()
-        for event, work in dead:
+        for (event, work), count in zip(dead, errored, strict=True):
             message = event.message
-            # The count is the record's, not the rows updated now, so a redelivery reports the
-            # same event (same id) and the tracker counts it once.
             run_event = entities_errored(work.run_id, work.batch, partition=message.partition,
-                                         offset=message.offset, errored=len(work.items))
+                                         offset=message.offset, errored=count)
             await outbox.send(self.topics.run_events, key=work.run_id.encode(), value=run_event.encode())
-            metrics.ENTITIES.labels(outcome="errored").inc(len(work.items))
+            metrics.ENTITIES.labels(outcome="errored").inc(count)
             log.info("dead letters marked errored", extra={
-                "run": work.run_id, "batch": work.batch, "entities": len(work.items),
+                "run": work.run_id, "batch": work.batch, "entities": count, "work_id": work.work_id,
                 "partition": message.partition, "offset": message.offset})
         await outbox.flush()
 

@@ -15,7 +15,10 @@ Per work record:
    they are flushed.
 
 A record delivered again after a crash finds what it already did (routed_by_claim) and sends
-the same retry/dead-letter records and event again; nothing is applied twice or too early.
+the same retry/dead-letter records (same ids) and event again; nothing is applied twice or too
+early. Every record has an id of its own (streams.records.WorkRecord): the retry record for
+each tier and the dead letter for each error class made from one record are told apart, so
+each is claimed and counted on its own.
 While the breaker is open, TargetUnavailable leaves the records unacked (their partitions wait)
 instead of pushing them down the ladder.
 """
@@ -121,12 +124,11 @@ class PlanApplyAgent:
     async def _step(self, record: Incoming, work: WorkRecord) -> _Step:
         pool = await self.resources.pool()
         ids = [uuid.UUID(item.id) for item in work.items]
-        next_work_id = replace(work, attempt=work.attempt + 1).work_id
         async with pool.connection() as conn, conn.transaction():
             claimed = {str(row[0]) for row in await (await conn.execute(
                 Q["claim"], {"work_id": work.work_id, "ids": ids})).fetchall()}
             routed = await (await conn.execute(Q["routed_by_claim"], {
-                "work_id": work.work_id, "next_work_id": next_work_id, "ids": ids})).fetchall()
+                "work_id": work.work_id, "ids": ids})).fetchall()
         items = [item for item in work.items if item.id in claimed]
         step = _Step()
         requests = 0
@@ -138,18 +140,23 @@ class PlanApplyAgent:
             await self._settle(record, work, items, applied.outcomes, step)
         self._report_routed(record, work, routed, step)
         if record.from_tier:
-            step.counts["retry_out"] += len(work.items)
+            # What this record took from its tier: the rows it claimed now or settled before. A
+            # copy of a retry record whose rows another copy already took counts nothing.
+            step.counts["retry_out"] += len(items) + len(routed)
         log.info("work record applied", extra={
-            "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "topic": record.origin.topic,
-            "partition": record.origin.partition, "offset": record.origin.offset, "claimed": len(items),
-            "earlier": len(routed), "requests": requests, **dict(step.counts)})
+            "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "work_id": work.work_id,
+            "topic": record.origin.topic, "partition": record.origin.partition, "offset": record.origin.offset,
+            "claimed": len(items), "earlier": len(routed), "requests": requests, **dict(step.counts)})
         return step
 
     async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],
                       outcomes: list[EntityOutcome], step: _Step) -> None:
         now_ms = int(time.time() * 1000)
         routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms)
-        next_work_id = replace(work, attempt=work.attempt + 1).work_id
+        by_id = {item.id: item for item in items}
+        retries = {tier: self._retry_work(work, tier, group, by_id) for tier, group in routing.retry.items()}
+        deads = {error_class: self._dead_work(work, error_class, group, by_id)
+                 for error_class, group in routing.dead.items()}
         pool = await self.resources.pool()
         async with pool.connection() as conn, conn.transaction():
             await conn.execute(COMMON["prefer_hash_joins"])
@@ -159,27 +166,37 @@ class PlanApplyAgent:
                     "states": routing.done_states, "errors": [None] * len(routing.done_ids)})
             for tier, group in routing.retry.items():
                 await conn.execute(Q["route_to_retry"], {
-                    "work_id": work.work_id, "next_work_id": next_work_id, "tier": tier,
+                    "work_id": work.work_id, "child_id": retries[tier].work_id, "tier": tier,
                     "due_at_ms": group.due_at_ms, "ids": [uuid.UUID(i) for i in group.ids],
                     "errors": [Jsonb(e) for e in group.errors]})
-            for group in routing.dead.values():
+            for error_class, group in routing.dead.items():
                 await conn.execute(Q["route_to_dlq"], {
-                    "work_id": work.work_id, "ids": [uuid.UUID(i) for i in group.ids],
-                    "errors": [Jsonb(e) for e in group.errors]})
+                    "work_id": work.work_id, "child_id": deads[error_class].work_id,
+                    "ids": [uuid.UUID(i) for i in group.ids], "errors": [Jsonb(e) for e in group.errors]})
             await self._record_change_sets(conn, work, routing)
-        by_id = {item.id: item for item in items}
         for state in routing.done_states:
             step.counts[SUCCESS_NAMES[State(state)]] += 1
         for tier, group in routing.retry.items():
-            step.outbound.append(self._retry_record(record, work, tier, group, by_id, now_ms))
+            step.outbound.append(self._retry_record(record, work, retries[tier], tier, group, now_ms))
             step.counts["retry_in"] += len(group.ids)
             metrics.ENTITIES.labels(outcome="retrying").inc(len(group.ids))
         for error_class, group in routing.dead.items():
-            step.outbound.append(self._dead_record(record, work, error_class, group, by_id, now_ms))
+            step.outbound.append(self._dead_record(record, work, deads[error_class], error_class, group, now_ms))
             step.counts["dead_lettered"] += len(group.ids)
             metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
         for state in routing.done_states:
             metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()
+
+    @staticmethod
+    def _retry_work(work: WorkRecord, tier: int, group: FailedGroup, by_id: dict[str, WorkItem]) -> WorkRecord:
+        return work.derived(f"+t{tier}", tuple(by_id[i] for i in group.ids), attempt=work.attempt + 1,
+                            errors=dict(zip(group.ids, group.errors, strict=True)))
+
+    @staticmethod
+    def _dead_work(work: WorkRecord, error_class: ErrorClass, group: FailedGroup,
+                   by_id: dict[str, WorkItem]) -> WorkRecord:
+        return work.derived(f"+d{error_class.value}", tuple(by_id[i] for i in group.ids),
+                            errors=dict(zip(group.ids, group.errors, strict=True)))
 
     async def _record_change_sets(self, conn: Any, work: WorkRecord, routing: Routing) -> None:
         if routing.change_sets:
@@ -198,20 +215,16 @@ class PlanApplyAgent:
         if routing.warnings:
             metrics.TARGET_WARNINGS.inc(sum(len(w) for w in routing.warnings.values()))
 
-    def _retry_record(self, record: Incoming, work: WorkRecord, tier: int, group: FailedGroup,
-                      by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:
-        retry = WorkRecord(work.run_id, work.batch, tuple(by_id[i] for i in group.ids), work.attempt + 1,
-                           work.replay_id, dict(zip(group.ids, group.errors, strict=True)))
+    def _retry_record(self, record: Incoming, work: WorkRecord, retry: WorkRecord, tier: int, group: FailedGroup,
+                      now_ms: int) -> _Outbound:
         hdrs = headers.failure_headers(
             record.headers, origin=record.origin, attempt=work.attempt, error_class=ErrorClass.TRANSIENT,
             error=group.summary, now_ms=now_ms, run_id=work.run_id, http_status=group.http_status,
             due_at_ms=group.due_at_ms)
         return _Outbound(self.topics.retry[tier], _key(work), retry.encode(), hdrs)
 
-    def _dead_record(self, record: Incoming, work: WorkRecord, error_class: ErrorClass, group: FailedGroup,
-                     by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:
-        dead = WorkRecord(work.run_id, work.batch, tuple(by_id[i] for i in group.ids), work.attempt,
-                          work.replay_id, dict(zip(group.ids, group.errors, strict=True)))
+    def _dead_record(self, record: Incoming, work: WorkRecord, dead: WorkRecord, error_class: ErrorClass,
+                     group: FailedGroup, now_ms: int) -> _Outbound:
         hdrs = headers.failure_headers(
             record.headers, origin=record.origin, attempt=work.attempt, error_class=error_class,
             error=group.summary, now_ms=now_ms, run_id=work.run_id, http_status=group.http_status)
@@ -219,32 +232,35 @@ class PlanApplyAgent:
 
     def _report_routed(self, record: Incoming, work: WorkRecord, routed: list[tuple[Any, ...]], step: _Step) -> None:
         """Rows an earlier delivery of this record dealt with: count them again and send their
-        retry or dead-letter records again (the run tracker and the claims make repeats harmless)."""
+        retry or dead-letter records again, under the ids they got the first time (the run
+        tracker and the claims make repeats harmless)."""
         if not routed:
             return
         by_id = {item.id: item for item in work.items}
-        retry_groups: dict[int, FailedGroup] = defaultdict(FailedGroup)
-        dead_groups: dict[ErrorClass, FailedGroup] = defaultdict(FailedGroup)
-        for row_id, state, tier, due_at_ms, last_error in routed:
+        retry_groups: dict[tuple[int, str], FailedGroup] = defaultdict(FailedGroup)
+        dead_groups: dict[tuple[ErrorClass, str], FailedGroup] = defaultdict(FailedGroup)
+        for row_id, state, claimed_by, tier, due_at_ms, last_error in routed:
             entity_id = str(row_id)
             state = State(state)
             if state in SUCCESS_NAMES:
                 step.counts[SUCCESS_NAMES[state]] += 1
             elif state is State.PENDING_RETRY:
                 tier = min(int(tier or 0), len(self.topics.retry) - 1)
-                retry_groups[tier].add(entity_id, _failure_from(last_error), int(due_at_ms or 0))
+                retry_groups[(tier, claimed_by)].add(entity_id, _failure_from(last_error), int(due_at_ms or 0))
                 step.counts["retry_in"] += 1
             elif state is State.FAILED:
                 failure = _failure_from(last_error)
-                dead_groups[failure.error_class].add(entity_id, failure)
+                dead_groups[(failure.error_class, claimed_by)].add(entity_id, failure)
                 step.counts["dead_lettered"] += 1
             elif state is State.ERRORED:
                 step.counts["dead_lettered"] += 1  # the dead-letter agent already has it
         now_ms = int(time.time() * 1000)
-        for tier, group in retry_groups.items():
-            step.outbound.append(self._retry_record(record, work, tier, group, by_id, now_ms))
-        for error_class, group in dead_groups.items():
-            step.outbound.append(self._dead_record(record, work, error_class, group, by_id, now_ms))
+        for (tier, child_id), group in retry_groups.items():
+            retry = replace(self._retry_work(work, tier, group, by_id), id=child_id)
+            step.outbound.append(self._retry_record(record, work, retry, tier, group, now_ms))
+        for (error_class, child_id), group in dead_groups.items():
+            dead = replace(self._dead_work(work, error_class, group, by_id), id=child_id)
+            step.outbound.append(self._dead_record(record, work, dead, error_class, group, now_ms))
 
     async def dead_letter(self, event: Any, error: BaseException) -> None:
         """A record that failed every try (not the target: the record itself) goes to the DLQ."""

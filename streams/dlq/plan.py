@@ -163,14 +163,17 @@ def outgoing(action: Action, entity_ids: Sequence[str], *, replay_id: str, topic
     items = tuple(item for item in work.items if item.id in wanted)
     key = letter.key or f"{work.run_id}:{work.batch}".encode()
     to_tier = action.destination is Destination.TIER
+    # Its own id, from the dead letter's and the replay's: two dead letters of one batch sent
+    # back by one replay are two records, each claimed and counted; a resend is the same record.
+    suffix = f"+r{replay_id}"
     if to_tier:
         # The record re-enters the ladder where it would have retried first, its history intact.
-        record = WorkRecord(work.run_id, work.batch, items, work.attempt, replay_id,
-                            {i: e for i, e in work.errors.items() if i in wanted})
+        record = work.derived(suffix, items, replay_id=replay_id,
+                              errors={i: e for i, e in work.errors.items() if i in wanted})
         topic = topics.retry[0]
         headers = _tier_headers(letter, record, replay_id, now_ms + int(first_tier_delay * 1000), now_ms)
     else:
-        record = WorkRecord(work.run_id, work.batch, items, 1, replay_id)
+        record = work.derived(suffix, items, attempt=1, replay_id=replay_id)
         topic = topics.work
         headers = [(h.REPLAY_ID, replay_id.encode())]
     event = entities_requeued(work.run_id, work.batch, replay_id=replay_id, partition=letter.partition,
