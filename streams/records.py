@@ -77,6 +77,23 @@ class WorkRecord:
                    raw.get("replay_id"), raw.get("errors") or {}, work_id if isinstance(work_id, str) else None)
 
 
+def fit(record: WorkRecord, budget: int) -> list[WorkRecord]:
+    """`record` as parts of at most `budget` encoded bytes each: itself when it fits, else its
+    items halved (recursively) into records `+p0`, `+p1` of its own id. The parts are the same on
+    every call, so a record made again after a crash is split the same way. A single entity is
+    never split; whatever its size (an ingest record holds at most STREAMS_MAX_RECORD_BYTES, and
+    the topics take that plus headroom), it goes as one record."""
+    if len(record.items) <= 1 or len(record.encode()) <= budget:
+        return [record]
+    half = len(record.items) // 2
+    parts = []
+    for index, items in enumerate((record.items[:half], record.items[half:])):
+        wanted = {item.id for item in items}
+        part = record.derived(f"+p{index}", items, errors={i: e for i, e in record.errors.items() if i in wanted})
+        parts += fit(part, budget)
+    return parts
+
+
 @dataclass(frozen=True)
 class RunEvent:
     """An accounting event on `ingest.run-events`, keyed by run_id.

@@ -23,12 +23,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 import psycopg
 import psycopg_pool
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams import metrics
 from streams.errors import TargetUnavailable
@@ -36,7 +36,14 @@ from streams.errors import TargetUnavailable
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Sequence[Any]], Awaitable[None]]
-DeadLetter = Callable[[Any, BaseException], Awaitable[None]]
+
+
+class DeadLetter(Protocol):
+    """Writes `event` to the dead-letter topic with `error`; `excerpt`: only its first bytes."""
+
+    def __call__(self, event: Any, error: BaseException, *, excerpt: bool = False) -> Awaitable[None]: ...
+
+
 Describe = Callable[[Any], dict[str, Any]]
 
 
@@ -49,8 +56,15 @@ RECORD_TRIES = 2
 MAX_BACKOFF = 30.0
 
 
+def is_too_large(error: BaseException) -> bool:
+    """A record the broker or the producer refuses for its size: permanent for that record."""
+    return isinstance(error, MessageSizeTooLargeError)
+
+
 def is_infrastructure(error: BaseException) -> bool:
     """Errors that say nothing about the record: retrying later is the only right answer."""
+    if is_too_large(error):
+        return False  # a KafkaError, but about the record: retrying it would wait forever
     if isinstance(error, (psycopg.OperationalError, psycopg_pool.PoolTimeout, KafkaError,
                           ConnectionError, TimeoutError, TargetUnavailable)):
         return True
@@ -161,16 +175,26 @@ class GuardedBatches:
                 await asyncio.sleep(max(wait, 0.5) if wait else backoff(failures if not infra else 3))
 
     async def _dead_letter(self, event: Any, error: BaseException) -> None:
+        """Write the dead letter, whatever it takes: the infrastructure is waited for; a letter
+        too large for the topic goes as an excerpt; any other failure, after a few tries, too."""
         attempt = 0
+        excerpt = False
         while True:
             try:
-                await self.dead_letter(event, error)
+                await self.dead_letter(event, error, excerpt=excerpt)
                 metrics.RECORDS.labels(agent=self.name, outcome="dead_lettered").inc()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the dead-letter write must not be skipped
                 attempt += 1
-                log.error("dead-letter write failed; retrying",
-                          extra={"agent": self.name, "error": type(exc).__name__, "attempt": attempt})
+                infra = is_infrastructure(exc)
+                if not excerpt and (is_too_large(exc) or (not infra and attempt >= RECORD_TRIES)):
+                    excerpt = True
+                    log.error("dead letter not written whole; writing an excerpt of the record",
+                              extra={"agent": self.name, "error": type(exc).__name__, **self.describe(event)})
+                    continue
+                log.error("dead-letter write failed; retrying", extra={
+                    "agent": self.name, "error": type(exc).__name__, "attempt": attempt,
+                    "infrastructure": infra, **self.describe(event)})
                 await asyncio.sleep(backoff(attempt))

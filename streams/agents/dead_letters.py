@@ -67,7 +67,7 @@ class DeadLetterAgent:
                 "partition": message.partition, "offset": message.offset})
         await outbox.flush()
 
-    async def dead_letter(self, event: faust.types.EventT, error: BaseException) -> None:
+    async def dead_letter(self, event: faust.types.EventT, error: BaseException, *, excerpt: bool = False) -> None:
         """A dead letter that cannot be recorded has nowhere further to go: log it loudly and
         move on; it stays on the topic for `streams dlq` and replay."""
         message = event.message

@@ -26,11 +26,12 @@ from streams.agents.resources import Resources
 from streams.db.queries import named
 from streams.errors import InvalidRecord
 from streams.kafka import headers
+from streams.kafka.config import work_record_budget
 from streams.kafka.outbox import Outbox
 from streams.models import IngestBatch, Seal
 from streams.pipeline.ingest import HashedBatch, Source, decode, hash_batch, plan_chunk
 from streams.pipeline.outcomes import ErrorClass
-from streams.records import RunEvent, WorkItem, WorkRecord, batch_accepted, sealed
+from streams.records import RunEvent, WorkItem, WorkRecord, batch_accepted, fit, sealed
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,33 +73,41 @@ class IngestAgent:
                 batches.append(hash_batch(record, Source(message.topic, message.partition, message.offset)))
         if batches:
             work, accepted = await self._store(batches)
+            budget = work_record_budget(self.settings)
             for record in work:
-                await outbox.send(self.topics.work, key=f"{record.run_id}:{record.batch}".encode(),
-                                  value=record.encode())
+                # A work record is larger than its ingest record (ids, keys): a batch near the
+                # limit goes as several, each under it.
+                for part in fit(record, budget):
+                    await outbox.send(self.topics.work, key=f"{record.run_id}:{record.batch}".encode(),
+                                      value=part.encode())
             for run_event in accepted:
                 await self._send_event(outbox, run_event)
         await outbox.flush()
 
-    async def dead_letter(self, event: faust.types.EventT, error: BaseException) -> None:
-        """A record that failed every try: to the DLQ as permanent, with the error."""
+    async def dead_letter(self, event: faust.types.EventT, error: BaseException, *, excerpt: bool = False) -> None:
+        """A record that failed every try: to the DLQ as permanent, with the error (`excerpt`:
+        only its first bytes, when the whole one could not be written)."""
         outbox = Outbox()
-        await self._dead_letter(outbox, event, ErrorClass.PERMANENT, f"{type(error).__name__}: {error}")
+        await self._dead_letter(outbox, event, ErrorClass.PERMANENT, f"{type(error).__name__}: {error}",
+                                excerpt=excerpt)
         await outbox.flush()
 
     async def _send_event(self, outbox: Outbox, run_event: RunEvent) -> None:
         await outbox.send(self.topics.run_events, key=run_event.run_id.encode(), value=run_event.encode())
 
     async def _dead_letter(self, outbox: Outbox, event: faust.types.EventT, error_class: ErrorClass,
-                           reason: str) -> None:
+                           reason: str, *, excerpt: bool = False) -> None:
         message = event.message
         incoming = headers.decode(message.headers)
         run_id = _run_id_of(message.value)
+        # A record over the limit is kept as an excerpt: the whole one would not fit the topic.
+        value, extra = headers.bounded(message.value, 0 if excerpt else self.settings.max_record_bytes)
         dlq_headers = headers.failure_headers(
             incoming, origin=headers.Origin(message.topic, message.partition, message.offset),
             attempt=int(incoming.get(headers.ATTEMPT, "0")) + 1, error_class=error_class, error=reason,
             now_ms=int(time.time() * 1000), run_id=run_id,
         )
-        await outbox.send(self.topics.dlq, key=message.key, value=message.value or b"", headers=dlq_headers)
+        await outbox.send(self.topics.dlq, key=message.key, value=value, headers=dlq_headers + extra)
         metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
         log.warning("record dead-lettered", extra={
             "topic": message.topic, "partition": message.partition, "offset": message.offset,

@@ -43,11 +43,12 @@ from streams.agents.resources import Resources
 from streams.db.queries import named
 from streams.errors import InvalidRecord, TargetUnavailable
 from streams.kafka import headers
+from streams.kafka.config import max_message_bytes, work_record_budget
 from streams.kafka.outbox import Outbox
 from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, Routing, route
 from streams.pipeline.breaker import Breaker
 from streams.pipeline.outcomes import CallResult, EntityOutcome, ErrorClass, Failure, State
-from streams.records import WorkItem, WorkRecord, entities_settled
+from streams.records import WorkItem, WorkRecord, entities_settled, fit
 from streams.settings import Settings
 from streams.target.calls import TargetCalls
 
@@ -154,8 +155,12 @@ class PlanApplyAgent:
         now_ms = int(time.time() * 1000)
         routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms)
         by_id = {item.id: item for item in items}
-        retries = {tier: self._retry_work(work, tier, group, by_id) for tier, group in routing.retry.items()}
-        deads = {error_class: self._dead_work(work, error_class, group, by_id)
+        budget = work_record_budget(self.settings)
+        # Made (and split to fit the topics) before the rows are routed: each part's id is the
+        # claim its rows get.
+        retries = {tier: fit(self._retry_work(work, tier, group, by_id), budget)
+                   for tier, group in routing.retry.items()}
+        deads = {error_class: fit(self._dead_work(work, error_class, group, by_id), budget)
                  for error_class, group in routing.dead.items()}
         pool = await self.resources.pool()
         async with pool.connection() as conn, conn.transaction():
@@ -164,24 +169,25 @@ class PlanApplyAgent:
                 await conn.execute(Q["record_outcomes"], {
                     "work_id": work.work_id, "ids": [uuid.UUID(i) for i in routing.done_ids],
                     "states": routing.done_states, "errors": [None] * len(routing.done_ids)})
-            for tier, group in routing.retry.items():
-                await conn.execute(Q["route_to_retry"], {
-                    "work_id": work.work_id, "child_id": retries[tier].work_id, "tier": tier,
-                    "due_at_ms": group.due_at_ms, "ids": [uuid.UUID(i) for i in group.ids],
-                    "errors": [Jsonb(e) for e in group.errors]})
-            for error_class, group in routing.dead.items():
-                await conn.execute(Q["route_to_dlq"], {
-                    "work_id": work.work_id, "child_id": deads[error_class].work_id,
-                    "ids": [uuid.UUID(i) for i in group.ids], "errors": [Jsonb(e) for e in group.errors]})
+            for tier, parts in retries.items():
+                for part in parts:
+                    await conn.execute(Q["route_to_retry"], {
+                        "work_id": work.work_id, "child_id": part.work_id, "tier": tier,
+                        "due_at_ms": routing.retry[tier].due_at_ms, **_rows_of(part)})
+            for parts in deads.values():
+                for part in parts:
+                    await conn.execute(Q["route_to_dlq"], {
+                        "work_id": work.work_id, "child_id": part.work_id, **_rows_of(part)})
             await self._record_change_sets(conn, work, routing)
         for state in routing.done_states:
             step.counts[SUCCESS_NAMES[State(state)]] += 1
         for tier, group in routing.retry.items():
-            step.outbound.append(self._retry_record(record, work, retries[tier], tier, group, now_ms))
+            step.outbound += [self._retry_record(record, work, part, tier, group, now_ms) for part in retries[tier]]
             step.counts["retry_in"] += len(group.ids)
             metrics.ENTITIES.labels(outcome="retrying").inc(len(group.ids))
         for error_class, group in routing.dead.items():
-            step.outbound.append(self._dead_record(record, work, deads[error_class], error_class, group, now_ms))
+            step.outbound += [self._dead_record(record, work, part, error_class, group, now_ms)
+                              for part in deads[error_class]]
             step.counts["dead_lettered"] += len(group.ids)
             metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
         for state in routing.done_states:
@@ -262,16 +268,19 @@ class PlanApplyAgent:
             dead = replace(self._dead_work(work, error_class, group, by_id), id=child_id)
             step.outbound.append(self._dead_record(record, work, dead, error_class, group, now_ms))
 
-    async def dead_letter(self, event: Any, error: BaseException) -> None:
-        """A record that failed every try (not the target: the record itself) goes to the DLQ."""
+    async def dead_letter(self, event: Any, error: BaseException, *, excerpt: bool = False) -> None:
+        """A record that failed every try (not the target: the record itself) goes to the DLQ;
+        the dead-letter agent makes its rows ERRORED. `excerpt`: only its first bytes (the whole
+        one could not be written); its rows are then left to the sweep."""
         record = event if isinstance(event, Incoming) else incoming_from_event(event)
         error_class = ErrorClass.INVALID if isinstance(error, InvalidRecord) else ErrorClass.PERMANENT
         hdrs = headers.failure_headers(
             record.headers, origin=record.origin, attempt=int(record.headers.get(headers.ATTEMPT, "1")),
             error_class=error_class, error=f"{type(error).__name__}: {error}", now_ms=int(time.time() * 1000),
             run_id=_run_id(record.value))
+        value, extra = headers.bounded(record.value, 0 if excerpt else max_message_bytes(self.settings))
         outbox = Outbox()
-        await outbox.send(self.topics.dlq, key=record.key, value=record.value or b"", headers=hdrs)
+        await outbox.send(self.topics.dlq, key=record.key, value=value, headers=hdrs + extra)
         await outbox.flush()
         metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
         log.warning("work record dead-lettered", extra={
@@ -294,6 +303,12 @@ def _failure_from(last_error: Any) -> Failure:
         error_class = ErrorClass.PERMANENT
     return Failure(error_class, str(error.get("message", "failed")), error.get("http_status"),
                    detail=error.get("detail"))
+
+
+def _rows_of(part: WorkRecord) -> dict[str, Any]:
+    """The ids and errors of a retry record or dead letter, as route_to_retry/route_to_dlq take them."""
+    return {"ids": [uuid.UUID(item.id) for item in part.items],
+            "errors": [Jsonb(part.errors.get(item.id)) for item in part.items]}
 
 
 def _key(work: WorkRecord) -> bytes:

@@ -60,6 +60,11 @@ class DeadLetter:
         return _int(self.headers.get(h.ATTEMPT))
 
     @property
+    def excerpt_of(self) -> int | None:
+        """The length of the record this dead letter holds only the first bytes of, if so."""
+        return _int(self.headers.get(h.EXCERPT_OF))
+
+    @property
     def batch(self) -> int | None:
         return self.work.batch if self.work is not None else None
 

@@ -22,7 +22,16 @@ RECORD_HEADROOM_BYTES = 256 * 1024
 
 
 def max_message_bytes(settings: Settings) -> int:
+    """What every topic (max.message.bytes) and every producer (message.max.bytes,
+    max_request_size) takes: one setting, STREAMS_MAX_RECORD_BYTES, and the headroom."""
     return settings.max_record_bytes + RECORD_HEADROOM_BYTES
+
+
+def work_record_budget(settings: Settings) -> int:
+    """The largest work record, retry record or dead letter an agent writes before splitting it
+    (streams.records.fit): the ingest limit, so the headroom is left for headers, framing and
+    the one entity that is larger on its own."""
+    return settings.max_record_bytes
 
 
 def bootstrap(settings: Settings) -> str:

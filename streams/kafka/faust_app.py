@@ -10,7 +10,7 @@ import ssl
 
 import faust
 
-from streams.kafka.config import bootstrap
+from streams.kafka.config import bootstrap, max_message_bytes
 from streams.settings import Settings
 
 
@@ -49,6 +49,9 @@ def make_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         producer_acks=-1,
         # Work records and dead letters repeat the entity JSON; lz4 shrinks them several-fold.
         producer_compression_type="lz4",
+        # A work record or dead letter up to what the topics take (aiokafka's default is 1 MiB,
+        # less than a valid ingest record's work record: it was refused and retried forever).
+        producer_max_request_size=max_message_bytes(settings),
         # faust insists request timeout >= session timeout (60 s by default).
         broker_request_timeout=max(90.0, settings.kafka_timeout * 3),
         broker_commit_interval=1.0,
