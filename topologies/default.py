@@ -22,6 +22,7 @@ from streams.agents.tiers import TierScheduler, tier_service
 from streams.agents.web import health_app
 from streams.pipeline.breaker import Breaker
 from streams.kafka.faust_app import make_app
+from streams.kafka.positions import PartitionGuard
 from streams.runs.tracker import register_tracker
 from streams.settings import Settings
 from streams.topics import topic_names
@@ -48,9 +49,16 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
     app.service(closing_service(resources))
     dlq, run_events = topic(names.dlq), topic(names.run_events)
 
+    def guard(topic_name: str, agent: str) -> PartitionGuard:
+        # faust drops records around rebalances; this reads them again (streams/kafka/positions.py).
+        made = PartitionGuard(app, settings, topic_name, agent)
+        made.attach()
+        return made
+
     ingest = IngestAgent(settings, IngestTopics(work=topic(names.work), run_events=run_events, dlq=dlq), resources)
     ingest_batches = GuardedBatches("ingest", ingest.handle, ingest.dead_letter,
-                                    max_records=INGEST_RECORDS_PER_BATCH, within=INGEST_WINDOW)
+                                    max_records=INGEST_RECORDS_PER_BATCH, within=INGEST_WINDOW,
+                                    guard=guard(names.ingest, "ingest"))
 
     @app.agent(topic(names.ingest), name="ingest", concurrency=INGEST_CONCURRENCY)
     async def ingest_agent(stream: faust.StreamT) -> None:
@@ -63,7 +71,8 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
                                     resources, breaker)
         # Enough work records in flight to keep every HTTP slot of the worker busy.
         apply_batches = GuardedBatches("plan-apply", plan_apply.handle, plan_apply.dead_letter,
-                                       max_records=max(2, settings.http_concurrency * 2), within=APPLY_WINDOW)
+                                       max_records=max(2, settings.http_concurrency * 2), within=APPLY_WINDOW,
+                                       guard=guard(names.work, "plan-apply"))
 
         @app.agent(topic(names.work), name="plan-apply", concurrency=APPLY_CONCURRENCY)
         async def plan_apply_agent(stream: faust.StreamT) -> None:
@@ -74,7 +83,8 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
 
         dead_letters = DeadLetterAgent(DeadLetterTopics(run_events=run_events), resources)
         dead_letter_batches = GuardedBatches("dead-letters", dead_letters.handle, dead_letters.dead_letter,
-                                             max_records=50, within=APPLY_WINDOW)
+                                             max_records=50, within=APPLY_WINDOW,
+                                             guard=guard(names.dlq, "dead-letters"))
 
         @app.agent(dlq, name="dead-letters")
         async def dead_letter_agent(stream: faust.StreamT) -> None:

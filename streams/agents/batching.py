@@ -32,6 +32,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams import metrics
 from streams.errors import TargetUnavailable
+from streams.kafka.positions import PartitionGuard
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class DeadLetter(Protocol):
 
 
 Describe = Callable[[Any], dict[str, Any]]
+
+
+def _where(event: faust.types.EventT) -> tuple[Any, int]:
+    message = event.message
+    return message.tp, message.offset
 
 
 def describe_event(event: faust.types.EventT) -> dict[str, Any]:
@@ -80,17 +86,31 @@ def backoff(attempt: int) -> float:
     return min(MAX_BACKOFF, 0.2 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
 
 
+IDLE_CHECK = 1.0
+
+
 class GuardedBatches:
-    """Runs `handler` over batches of up to `max_records` events gathered for up to `within` s."""
+    """Runs `handler` over batches of up to `max_records` events gathered for up to `within` s.
+
+    With a `guard` (streams.kafka.positions.PartitionGuard), records reach the handler in
+    offset order per partition: one after a hole faust left (it drops records around a
+    rebalance) is held back while the partition is read again from the hole, so no offset is
+    acked, and none committed, past a record that was never processed. A record delivered again
+    while its first delivery is still being processed (faust seeks back in a rebalance) is
+    left to the first.
+    """
 
     def __init__(self, name: str, handler: Handler, dead_letter: DeadLetter, *,
-                 max_records: int, within: float, describe: Describe = describe_event) -> None:
+                 max_records: int, within: float, describe: Describe = describe_event,
+                 guard: PartitionGuard | None = None) -> None:
         self.name = name
         self.handler = handler
         self.dead_letter = dead_letter
         self.max_records = max_records
         self.within = within
         self.describe = describe
+        self.guard = guard
+        self._in_flight: set[tuple[Any, int]] = set()
 
     async def run(self, stream: faust.StreamT) -> None:
         # Acks off on the agent's own stream (as faust's take() does internally, but for good):
@@ -107,27 +127,48 @@ class GuardedBatches:
                 while len(batch) < self.max_records:
                     if pending is None:
                         pending = asyncio.ensure_future(events.__anext__())
-                    timeout = None if not batch else max(0.0, deadline - loop.time())
+                    timeout = IDLE_CHECK if not batch else max(0.0, deadline - loop.time())
                     done, _ = await asyncio.wait({pending}, timeout=timeout)
                     if not done:
-                        break  # the window closed; the pending read carries over to the next batch
+                        if batch:
+                            break  # the window closed; the pending read carries over to the next batch
+                        if self.guard is not None:
+                            await self.guard.check_idle()
+                        continue
                     try:
                         event = pending.result()
                     except StopAsyncIteration:
                         return  # the stream ended: the worker is stopping; the batch stays unacked
                     finally:
                         pending = None
+                    if not await self._admit(event):
+                        continue
                     if not batch:
                         deadline = loop.time() + self.within
                     batch.append(event)
-                await self.settle(batch)
-                for event in batch:
-                    await source.ack(event)
+                if not batch:
+                    continue
+                try:
+                    await self.settle(batch)
+                    for event in batch:
+                        await source.ack(event)
+                finally:
+                    self._in_flight.difference_update(_where(event) for event in batch)
         finally:
             if pending is not None:
                 pending.cancel()
                 with contextlib.suppress(BaseException):
                     await pending
+
+    async def _admit(self, event: faust.types.EventT) -> bool:
+        where = _where(event)
+        if where in self._in_flight:
+            metrics.RECORDS.labels(agent=self.name, outcome="in_flight_again").inc()
+            return False  # delivered again while its first delivery is processed: left to that one
+        if self.guard is not None and not await self.guard.admit(*where):
+            return False  # after a hole: it comes again once the partition is read from the hole
+        self._in_flight.add(where)
+        return True
 
     async def settle(self, batch: list[Any]) -> None:
         """Process `batch` until every record has an outcome (processed or dead-lettered)."""

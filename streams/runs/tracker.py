@@ -58,7 +58,7 @@ is set in the task iterating the stream, so events are handled there, one at a t
 events are a few per batch), rather than through GuardedBatches' reader task. Each partition
 is counted in offset order from its committed offset: faust can drop records around a
 rebalance, and the tracker reads a partition again from the first record it missed
-(streams/runs/positions.py says how the records get lost).
+(streams/kafka/positions.py says how the records get lost).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ from streams.agents.resources import Resources
 from streams.records import RunEvent
 from streams.runs import store
 from streams.runs.completions import CompletionLog
-from streams.runs.positions import Positions, committed_offsets
+from streams.kafka.positions import Positions, committed_offsets
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, count
 from streams.settings import Settings
 from streams.topics import topic_names

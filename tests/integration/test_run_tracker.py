@@ -62,7 +62,7 @@ class Workers:
         """Until every live worker has its tables recovered (the tracker says so in its log).
 
         Tests produce once the workers are up: records waiting on partitions with no committed
-        offset while workers join can be lost by faust's consumer (see streams/runs/positions.py);
+        offset while workers join can be lost by faust's consumer (see streams/kafka/positions.py);
         the tracker reads its own again, the other agents do not (yet)."""
         def ready() -> bool:
             return all(_log_of(self.log_dir, self.processes.index(p)).count("run progress recovered")
@@ -413,7 +413,7 @@ def test_what_a_crash_leaves_in_the_changelogs_and_on_the_topic_is_recovered_exa
         produce_to(pipeline, run_events, partition_for(run_id, pipeline.partitions),
                    [(run_id.encode(), e.encode()) for e in events])
     # Records waiting on partitions with no committed offset while a worker starts: the very case
-    # where faust's consumer drops some (streams/runs/positions.py); they must be read again.
+    # where faust's consumer drops some (streams/kafka/positions.py); they must be read again.
     workers.start()
 
     by_key = exactly_once(all_completions(pipeline, 2, workers))

@@ -27,7 +27,7 @@ from streams.records import (
     sealed,
 )
 from streams.runs.completions import partition_for
-from streams.runs.positions import RESEEK_AFTER, Positions, Verdict
+from streams.kafka.positions import RESEEK_AFTER, Positions, Verdict
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, recount
 from streams.runs.store import RunRow
 

@@ -1,7 +1,8 @@
-"""Where the run tracker is in each run-events partition, to notice records the consumer skipped.
+"""Where an agent is in each partition it reads, to notice records the consumer skipped.
 
-faust 0.15 can lose records around a rebalance, which for the tracker means a run that never
-completes, or completes with wrong counts:
+faust 0.15 can lose records around a rebalance; for the run tracker that is a run that never
+completes, for the ingest agent an entity that never gets a row, for plan-apply rows QUEUED
+forever:
 
 - `Consumer._drain_messages` drops a record it is handing over while the flow is suspended,
   and counts on the seek to the committed offset after the rebalance to read it again; but
@@ -16,17 +17,27 @@ A record after a hole is not counted (not acked, so nothing past the hole can be
 the tracker seeks back to the first missing offset and reads again. When the agent is idle
 while a partition's end is ahead of what was counted, the records at the end were dropped: it
 seeks back too. Reading again is safe: counting is idempotent.
+
+`PartitionGuard` does the same for the batch agents (streams.agents.batching), whose actors
+share one queue: a record is admitted when it is the next one of its partition, as it is
+handed out (its processing may finish later; it is never dropped, only dead-lettered). A
+partition without a committed offset starts at its first offset, so records lost before the
+first commit are noticed too.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
 
+from streams import metrics
 from streams.kafka.config import confluent_config
 from streams.settings import Settings
 
@@ -108,3 +119,77 @@ def committed_offsets(settings: Settings, group: str,
     finally:
         consumer.close()
 
+
+
+log = logging.getLogger(__name__)
+
+# Idle this long while a partition's end is ahead of what was handed out: look for drops.
+IDLE_BEHIND = 2.0
+
+
+class PartitionGuard:
+    """Admits an agent's records in offset order per partition and reads holes again.
+
+    `app` is the faust app whose consumer reads `topic` for the agent `name`; `attach()` hooks
+    it to assignments (the positions start from the group's committed offsets each time).
+    """
+
+    def __init__(self, app: Any, settings: Settings, topic: str, name: str) -> None:
+        self.app, self.settings, self.topic, self.name = app, settings, topic, name
+        self.positions = Positions()
+        self._last_admitted = time.monotonic()
+
+    def attach(self) -> None:
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+
+    async def _on_assigned(self, _sender: Any, assigned: Any, **_kwargs: Any) -> None:
+        mine = [tp for tp in assigned if tp.topic == self.topic]
+        try:
+            starts = await asyncio.to_thread(committed_offsets, self.settings, self.app.conf.id, mine)
+        except Exception as exc:  # noqa: BLE001 - the agent reads on, without noticing skipped records
+            log.warning("committed offsets not read; skipped records will not be noticed", extra={
+                "agent": self.name, "error": type(exc).__name__, "detail": str(exc)[:300]})
+            starts = {}
+        self.positions.reset({_tp(self.app, partition): offset for partition, offset in starts.items()})
+        self._last_admitted = time.monotonic()
+
+    async def admit(self, tp: Any, offset: int) -> bool:
+        """Process the record at `offset` now? Not when it comes after a hole: then the partition
+        is read again from the first missing offset, and the record comes again in its turn."""
+        verdict = self.positions.check(tp, offset)
+        if verdict.count:
+            self.positions.counted(tp, offset)
+            self._last_admitted = time.monotonic()
+            return True
+        if verdict.seek_to is not None:
+            await self._read_again(tp, verdict.seek_to, "records skipped")
+        return False
+
+    async def check_idle(self) -> None:
+        """When nothing was handed out for a while but a partition has records past what was,
+        the consumer dropped them: read again from there."""
+        if time.monotonic() - self._last_admitted < IDLE_BEHIND or self.app.rebalancing:
+            return
+        ends: dict[Any, int | None] = {}
+        for tp in list(self.positions.next):
+            try:
+                ends[tp] = self.app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet: nothing to compare
+                ends[tp] = None
+        for tp, offset in self.positions.behind(ends).items():
+            await self._read_again(tp, offset, "records at the end not delivered")
+
+    async def _read_again(self, tp: Any, offset: int, why: str) -> None:
+        metrics.RECORDS.labels(agent=self.name, outcome="read_again").inc()
+        log.warning("records read again from a partition", extra={
+            "agent": self.name, "reason": why, "topic": tp.topic, "partition": tp.partition, "offset": offset})
+        try:
+            await self.app.consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - a rebalance took the partition: it seeks by itself
+            log.warning("seek failed", extra={"agent": self.name, "error": type(exc).__name__,
+                                              "partition": tp.partition, "offset": offset})
+
+
+def _tp(app: Any, partition: Partition) -> TP:
+    """faust's TP for a (topic, partition) pair (a NamedTuple that compares equal to it)."""
+    return TP(*partition)
