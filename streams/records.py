@@ -106,7 +106,9 @@ class RunEvent:
     - sealed            sealed:{run}                  batches
     - entities_settled  settled:{work_id}             applied, no_changes, retry_in, retry_out,
                                                       dead_lettered (one per record: see WorkRecord)
-    - entities_errored  errored:{dlq partition}:{dlq offset}        errored
+    - entities_errored  errored:{work_id}             errored (the dead letter's record: a copy
+                                                      of it read again, or sent again by the
+                                                      sweep, is the same event)
     - entities_requeued requeued:{replay id}:{dlq partition}:{dlq offset}  requeued, retry_in
 
     Per batch: `new` entities were queued; each ends APPLIED, NO_CHANGES or ERRORED.
@@ -146,8 +148,8 @@ def entities_settled(work: WorkRecord, counts: dict[str, int]) -> RunEvent:
     return RunEvent("entities_settled", f"settled:{work.work_id}", work.run_id, work.batch, counts)
 
 
-def entities_errored(run_id: str, batch: int, *, partition: int, offset: int, errored: int) -> RunEvent:
-    return RunEvent("entities_errored", f"errored:{partition}:{offset}", run_id, batch, {"errored": errored})
+def entities_errored(run_id: str, batch: int, *, work_id: str, errored: int) -> RunEvent:
+    return RunEvent("entities_errored", f"errored:{work_id}", run_id, batch, {"errored": errored})
 
 
 def entities_requeued(run_id: str, batch: int, *, replay_id: str, partition: int, offset: int,

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     breaker_cooldown: Duration = Field(10.0, description="First pause of an open breaker before it probes.")
     breaker_max_cooldown: Duration = Field(300.0, description="Longest pause between probes of a down target.")
     max_poll_interval: Duration = Field(300.0, description="Kafka max.poll.interval.ms of the retry-tier consumer.")
+    sweep_interval: Duration = Field(60.0, description="How often the leader looks for stuck rows (±20% jitter).")
+    sweep_after: Duration = Field(
+        600.0, description="A row QUEUED, APPLYING or FAILED this long (PENDING_RETRY: this long past due) is stuck."
+    )
+    sweep_batch: PositiveInt = Field(1000, le=100_000, description="Most rows the sweep takes over per state and pass.")
 
     # --- worker process -------------------------------------------------------------------
     worker_port: int = Field(6066, ge=0, le=65535, description="Metrics and health endpoint port (0: none).")

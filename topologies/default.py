@@ -25,6 +25,7 @@ from streams.kafka.faust_app import make_app
 from streams.kafka.positions import PartitionGuard
 from streams.runs.tracker import register_tracker
 from streams.settings import Settings
+from streams.sweep import Sweeper, SweepTopics, sweep_service
 from streams.topics import topic_names
 
 # Ingest records carry up to 1000 entities each: 20 records make one COPY of up to 20k rows.
@@ -89,6 +90,10 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
         @app.agent(dlq, name="dead-letters")
         async def dead_letter_agent(stream: faust.StreamT) -> None:
             await dead_letter_batches.run(stream)
+
+        # Rows whose record went missing get work sent again, by the group's leader only.
+        sweep_topics = SweepTopics(work=topic(names.work), retry=retry_topics, dlq=dlq)
+        app.service(sweep_service(Sweeper(app, settings, sweep_topics, resources)))
 
     register_tracker(app, settings, resources, topic)
 

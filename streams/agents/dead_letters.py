@@ -58,8 +58,7 @@ class DeadLetterAgent:
         outbox = Outbox()
         for (event, work), count in zip(dead, errored, strict=True):
             message = event.message
-            run_event = entities_errored(work.run_id, work.batch, partition=message.partition,
-                                         offset=message.offset, errored=count)
+            run_event = entities_errored(work.run_id, work.batch, work_id=work.work_id, errored=count)
             await outbox.send(self.topics.run_events, key=work.run_id.encode(), value=run_event.encode())
             metrics.ENTITIES.labels(outcome="errored").inc(count)
             log.info("dead letters marked errored", extra={
