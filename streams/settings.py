@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     breaker_cooldown: Duration = Field(10.0, description="First pause of an open breaker before it probes.")
     breaker_max_cooldown: Duration = Field(300.0, description="Longest pause between probes of a down target.")
     max_poll_interval: Duration = Field(300.0, description="Kafka max.poll.interval.ms of the retry-tier consumer.")
+    session_timeout: Duration = Field(
+        15.0, ge=6.0, le=300.0,
+        description="How soon the group gives a silent worker's partitions to the others (Kafka's minimum is 6 s).",
+    )
+    instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Static group membership (group.instance.id): a worker restarted under the same id gets its "
+                    "partitions back at once, without a rebalance. One per worker, stable across restarts.",
+    )
     sweep_interval: Duration = Field(60.0, description="How often the leader looks for stuck rows (±20% jitter).")
     sweep_after: Duration = Field(
         600.0, description="A row QUEUED, APPLYING or FAILED this long (PENDING_RETRY: this long past due) is stuck."

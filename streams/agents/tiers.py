@@ -75,7 +75,8 @@ class TierScheduler:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "max.poll.interval.ms": int(self.settings.max_poll_interval * 1000),
-            "session.timeout.ms": min(45_000, int(self.settings.max_poll_interval * 1000)),
+            "session.timeout.ms": int(min(self.settings.session_timeout, self.settings.max_poll_interval) * 1000),
+            **({"group.instance.id": f"{self.settings.instance_id}-retry"} if self.settings.instance_id else {}),
         })
         consumer = Consumer(config)
         # Called from inside consume() on the consumer thread: hand the news to the loop.

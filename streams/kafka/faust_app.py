@@ -52,8 +52,13 @@ def make_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # A work record or dead letter up to what the topics take (aiokafka's default is 1 MiB,
         # less than a valid ingest record's work record: it was refused and retried forever).
         producer_max_request_size=max_message_bytes(settings),
-        # faust insists request timeout >= session timeout (60 s by default).
-        broker_request_timeout=max(90.0, settings.kafka_timeout * 3),
+        # faust insists request timeout >= session timeout.
+        broker_request_timeout=max(90.0, settings.kafka_timeout * 3, settings.session_timeout * 2),
+        # A killed worker's partitions move after the session timeout (faust's default is 60 s:
+        # a minute of nothing for each kill); heartbeats a third of it apart, as Kafka advises.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout / 3),
+        consumer_group_instance_id=settings.instance_id,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         web_enabled=port != 0,

@@ -138,24 +138,42 @@ class PartitionGuard:
         self.app, self.settings, self.topic, self.name = app, settings, topic, name
         self.positions = Positions()
         self._last_admitted = time.monotonic()
+        # Assigned, but the committed offsets are not known yet: records are held back, and the
+        # partition is read again from its start once they are.
+        self._pending: set[Any] = set()
+        self._held: set[Any] = set()
 
     def attach(self) -> None:
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
     async def _on_assigned(self, _sender: Any, assigned: Any, **_kwargs: Any) -> None:
         mine = [tp for tp in assigned if tp.topic == self.topic]
+        self._pending = set(mine)  # before the first await: no record slips through meanwhile
+        self._held = set()
         try:
             starts = await asyncio.to_thread(committed_offsets, self.settings, self.app.conf.id, mine)
         except Exception as exc:  # noqa: BLE001 - the agent reads on, without noticing skipped records
             log.warning("committed offsets not read; skipped records will not be noticed", extra={
                 "agent": self.name, "error": type(exc).__name__, "detail": str(exc)[:300]})
             starts = {}
-        self.positions.reset({_tp(self.app, partition): offset for partition, offset in starts.items()})
+        # A partition this worker kept through the rebalance goes on from where it was handed
+        # out (everything before was processed, or is being), when that is past the commit.
+        before = self.positions.next
+        known = {tp: max(offset, before.get(tp, offset))
+                 for tp, offset in ((_tp(self.app, partition), offset) for partition, offset in starts.items())}
+        self.positions.reset(known)
+        held, self._pending, self._held = self._held, set(), set()
         self._last_admitted = time.monotonic()
+        for tp in held:
+            if tp in known:
+                await self._read_again(tp, known[tp], "records held while the assignment was read")
 
     async def admit(self, tp: Any, offset: int) -> bool:
         """Process the record at `offset` now? Not when it comes after a hole: then the partition
         is read again from the first missing offset, and the record comes again in its turn."""
+        if tp in self._pending:
+            self._held.add(tp)
+            return False
         verdict = self.positions.check(tp, offset)
         if verdict.count:
             self.positions.counted(tp, offset)
@@ -168,7 +186,7 @@ class PartitionGuard:
     async def check_idle(self) -> None:
         """When nothing was handed out for a while but a partition has records past what was,
         the consumer dropped them: read again from there."""
-        if time.monotonic() - self._last_admitted < IDLE_BEHIND or self.app.rebalancing:
+        if time.monotonic() - self._last_admitted < IDLE_BEHIND or self.app.rebalancing or self._pending:
             return
         ends: dict[Any, int | None] = {}
         for tp in list(self.positions.next):

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 # The broker's shortest session (group.min.session.timeout.ms): a dead worker's partitions move
 # in seconds, so the test spends its time on kills, not on waiting for the broker to notice.
-FAST = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1"}
+FAST = {"STREAMS_SESSION_TIMEOUT": "6"}
 RUNS = 3
 PER_RUN = 1200
 BATCH = 40

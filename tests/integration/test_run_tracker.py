@@ -43,7 +43,7 @@ PER_BATCH = 5
 KILL_RUN = 12  # batches of each run of the kill test
 # A killed worker's partitions move once the broker gives up on it: the shortest session the
 # broker allows (group.min.session.timeout.ms) keeps the kill tests short.
-FAST_FAILOVER = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1",
+FAST_FAILOVER = {"STREAMS_SESSION_TIMEOUT": "6",
                  # Each run event the tracker counts is in the logs of a failed test.
                  "STREAMS_LOG_LEVEL": "DEBUG"}
 
