@@ -138,18 +138,22 @@ class PartitionGuard:
         self.app, self.settings, self.topic, self.name = app, settings, topic, name
         self.positions = Positions()
         self._last_admitted = time.monotonic()
-        # Assigned, but the committed offsets are not known yet: records are held back, and the
-        # partition is read again from its start once they are.
-        self._pending: set[Any] = set()
+        # Records of a partition whose committed offset is not known yet (faust may hand them out
+        # before it says the partition is assigned) are held, and the partition is read again
+        # from its start once the offset is known. A partition whose offset could not be read is
+        # not guarded: better read on than hold its records forever.
         self._held: set[Any] = set()
+        self._unguarded: set[Any] = set()
 
     def attach(self) -> None:
         self.app.on_partitions_assigned.connect(self._on_assigned)
 
     async def _on_assigned(self, _sender: Any, assigned: Any, **_kwargs: Any) -> None:
         mine = [tp for tp in assigned if tp.topic == self.topic]
-        self._pending = set(mine)  # before the first await: no record slips through meanwhile
-        self._held = set()
+        before = self.positions.next
+        # Unknown until read: nothing of these partitions slips through meanwhile.
+        self.positions.reset({})
+        self._unguarded = set()
         try:
             starts = await asyncio.to_thread(committed_offsets, self.settings, self.app.conf.id, mine)
         except Exception as exc:  # noqa: BLE001 - the agent reads on, without noticing skipped records
@@ -158,11 +162,11 @@ class PartitionGuard:
             starts = {}
         # A partition this worker kept through the rebalance goes on from where it was handed
         # out (everything before was processed, or is being), when that is past the commit.
-        before = self.positions.next
         known = {tp: max(offset, before.get(tp, offset))
                  for tp, offset in ((_tp(self.app, partition), offset) for partition, offset in starts.items())}
         self.positions.reset(known)
-        held, self._pending, self._held = self._held, set(), set()
+        self._unguarded = {tp for tp in mine if tp not in known}
+        held, self._held = self._held, set()
         self._last_admitted = time.monotonic()
         for tp in held:
             if tp in known:
@@ -171,8 +175,10 @@ class PartitionGuard:
     async def admit(self, tp: Any, offset: int) -> bool:
         """Process the record at `offset` now? Not when it comes after a hole: then the partition
         is read again from the first missing offset, and the record comes again in its turn."""
-        if tp in self._pending:
-            self._held.add(tp)
+        if tp in self._unguarded:
+            return True
+        if tp not in self.positions.next:
+            self._held.add(tp)  # its offsets are not known yet: read again once they are
             return False
         verdict = self.positions.check(tp, offset)
         if verdict.count:
@@ -186,7 +192,7 @@ class PartitionGuard:
     async def check_idle(self) -> None:
         """When nothing was handed out for a while but a partition has records past what was,
         the consumer dropped them: read again from there."""
-        if time.monotonic() - self._last_admitted < IDLE_BEHIND or self.app.rebalancing or self._pending:
+        if time.monotonic() - self._last_admitted < IDLE_BEHIND or self.app.rebalancing:
             return
         ends: dict[Any, int | None] = {}
         for tp in list(self.positions.next):
