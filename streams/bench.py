@@ -39,7 +39,7 @@ from streams.kafka.config import confluent_config
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import start_target
-from streams.topics import Role, TopicSpec, topology
+from streams.kafka.topics import Role, TopicSpec, topology
 
 Step = Callable[[str], None]
 

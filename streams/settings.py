@@ -28,7 +28,7 @@ from streams.errors import SettingsError
 ENV_PREFIX = "STREAMS_"
 
 # Kafka's own limit for topic names is 249 characters of [a-zA-Z0-9._-]; the prefix must leave
-# room for the longest topic name the topology derives from it (see streams.topics).
+# room for the longest topic name the topology derives from it (see streams.kafka.topics).
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 

@@ -1,4 +1,4 @@
-"""The ingest topology, wired to the topics of streams.topics.
+"""The ingest topology, wired to the topics of streams.kafka.topics.
 
     ingest ──► [ingest] ──► ingest.work ──► [plan-apply] ──► target
                   │                              │ transient ──► ingest.retry.* ──► [tiers] ─┐
@@ -26,7 +26,7 @@ from streams.kafka.positions import PartitionGuard
 from streams.runs.tracker import register_tracker
 from streams.settings import Settings
 from streams.sweep import Sweeper, SweepTopics, sweep_service
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 # Ingest records carry up to 1000 entities each: 20 records make one COPY of up to 20k rows.
 INGEST_RECORDS_PER_BATCH = 20

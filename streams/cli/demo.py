@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.client.generate import generate_entities
 from streams.client.producer import IngestProducer
 from streams.db.connect import conninfo
@@ -52,7 +52,7 @@ from streams.runs.completions import read_completions
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import start_target
-from streams.topics import topology
+from streams.kafka.topics import topology
 
 DEMO_DATABASE = "streams_demo"
 

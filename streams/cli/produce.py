@@ -14,13 +14,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.client.generate import generate_entities, read_jsonl
 from streams.client.producer import IngestProducer, RunSummary
 from streams.kafka.admin import admin_client, existing_topics
 from streams.models import MAX_ENTITIES, RUN_ID_PATTERN
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 
 def _opt(name: str, help_text: str, *decls: str, **extra: Any) -> Any:

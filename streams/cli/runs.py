@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.db.connect import conninfo
 from streams.runs.store import FailedBatch, Revision, RunRow, list_runs, run_detail
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from streams.cli.main import Context, fail, run_guarded
+from streams.cli.context import Context, fail, run_guarded
 
 _PREFIX = "STREAMS_TARGET_"
 

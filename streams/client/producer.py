@@ -31,7 +31,7 @@ from streams.kafka.config import reliable_producer_config
 from streams.models import MAX_ENTITIES, RunCompleted, parse_ingest_record
 from streams.runs import completions
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 

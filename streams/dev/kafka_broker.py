@@ -113,7 +113,7 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.min.isr=1",
         # One node: no reason to wait for more members before the first rebalance.
         "group.initial.rebalance.delay.ms=0",
-        # Every topic is created from streams.topics (or by faust for its own); a typo in a
+        # Every topic is created from streams.kafka.topics (or by faust for its own); a typo in a
         # topic name must fail loudly instead of creating a one-partition topic.
         "auto.create.topics.enable=false",
         "log.segment.bytes=67108864",

@@ -26,7 +26,7 @@ from streams.dlq.select import Filters, matches, order_key, selected_items
 from streams.kafka import headers as h
 from streams.pipeline.outcomes import ErrorClass
 from streams.records import RunEvent, WorkRecord, entities_requeued, fit
-from streams.topics import TopicNames
+from streams.kafka.topics import TopicNames
 
 
 class Destination(str, Enum):

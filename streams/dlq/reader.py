@@ -27,7 +27,7 @@ from streams.dlq.letters import DeadLetter, dead_letter
 from streams.kafka import headers as h
 from streams.kafka.config import confluent_config
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from streams.dlq.sender import Sender
 from streams.dlq.store import ReplayStore, open_store
 from streams.kafka.config import work_record_budget
 from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
+from streams.kafka.topics import TopicNames, topic_names
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ def make_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        # Our topics are created by `streams topics create` from streams.topics.
+        # Our topics are created by `streams topics create` from streams.kafka.topics.
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,

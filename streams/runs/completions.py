@@ -39,7 +39,7 @@ from streams.errors import StreamsError, TopicError
 from streams.kafka.config import confluent_config
 from streams.models import RunCompleted
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 

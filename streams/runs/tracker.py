@@ -86,7 +86,7 @@ from streams.runs.completions import CompletionLog
 from streams.kafka.positions import Positions, committed_offsets
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, count
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ MIRROR_INTERVAL = 0.25
 MIRROR_EVERY = 200
 # An agent idle this long while a partition has records it did not count reads them again.
 IDLE_BEHIND = 2.0
-
-
-def batches_changelog(settings: Settings) -> str:
-    return f"{settings.topic_prefix}ingest.run-batches-changelog"
 
 
 def batch_key(run_id: str, batch: int) -> str:
@@ -119,7 +115,7 @@ class RunTracker:
         self.positions = Positions()
         self.batches = app.Table(
             "run_batches", key_type=str, partitions=settings.partitions, on_recover=self._recount,
-            changelog_topic=_changelog(app, batches_changelog(settings), settings.partitions))
+            changelog_topic=_changelog(app, names.run_batches_changelog, settings.partitions))
         self.progress = app.Table(
             "run_progress", key_type=str, partitions=settings.partitions,
             changelog_topic=_changelog(app, names.run_progress_changelog, settings.partitions))

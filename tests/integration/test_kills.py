@@ -22,7 +22,7 @@ from streams.runs.completions import read_completions, wait_for_completion
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topology
+from streams.kafka.topics import topology
 from tests.helpers import state_counts
 from tests.integration.conftest import Workers
 

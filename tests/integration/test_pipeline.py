@@ -15,7 +15,7 @@ from streams.pipeline.outcomes import State
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 from tests.helpers import (
     committed,
     consume_all,

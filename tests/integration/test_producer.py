@@ -21,7 +21,7 @@ from streams.client.producer import DeliveryError, IngestProducer
 from streams.kafka.config import confluent_config
 from streams.models import IngestBatch, Seal, parse_ingest_record
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 pytestmark = pytest.mark.integration
 

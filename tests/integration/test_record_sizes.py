@@ -19,7 +19,7 @@ from streams.runs.completions import wait_for_completion
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names, topology
+from streams.kafka.topics import topic_names, topology
 from tests.helpers import consume_all, produce_raw, settled, state_counts, wait_for
 from tests.integration.conftest import Workers
 

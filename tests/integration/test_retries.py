@@ -23,7 +23,7 @@ from streams.records import WorkItem, WorkRecord
 from streams.settings import Settings, to_env
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names, topology
+from streams.kafka.topics import topic_names, topology
 from tests.helpers import consume_all, rows, send_run, settled, state_counts, wait_for
 from tests.integration.conftest import Workers
 

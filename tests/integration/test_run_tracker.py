@@ -30,11 +30,11 @@ from streams.models import RunCompleted
 from streams.records import RunEvent, WorkItem, WorkRecord, batch_accepted, entities_settled, sealed
 from streams.runs.completions import encode, partition_for, read_completions, wait_for_completion
 from streams.runs.progress import BatchState, RunProgress
-from streams.runs.tracker import batches_changelog
+
 from streams.settings import Settings, to_env
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import Role, TopicSpec, topic_names
+from streams.kafka.topics import Role, TopicSpec, topic_names
 from tests.helpers import committed, end_offsets, rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -378,7 +378,7 @@ def crashed_state(settings: Settings, run_id: str, progress: RunProgress) -> lis
     names = topic_names(settings)
     partition = partition_for(run_id, settings.partitions)
     events = one_batch_run(run_id)
-    produce_to(settings, batches_changelog(settings), partition,
+    produce_to(settings, topic_names(settings).run_batches_changelog, partition,
                [(orjson.dumps(f"{run_id}:0"), orjson.dumps(counted(events).to_json()))])
     produce_to(settings, names.run_progress_changelog, partition,
                [(orjson.dumps(run_id), orjson.dumps(progress.to_json()))])
@@ -392,8 +392,8 @@ def counted(events: list[RunEvent]) -> BatchState:
 
 def test_what_a_crash_leaves_in_the_changelogs_and_on_the_topic_is_recovered_exactly(
         pipeline: Settings, workers: Workers) -> None:
-    create_topics(pipeline, [TopicSpec(batches_changelog(pipeline), Role.CHANGELOG, pipeline.partitions, 1,
-                                       {"cleanup.policy": "compact"})])
+    create_topics(pipeline, [TopicSpec(topic_names(pipeline).run_batches_changelog, Role.CHANGELOG,
+                                       pipeline.partitions, 1, {"cleanup.policy": "compact"})])
     # "lost-sum": the first owner's batch record reached the changelog, its run record did not.
     # The run looks empty, and its redelivered events are recognised as counted already.
     lost = crashed_state(pipeline, "lost-sum", RunProgress("lost-sum", first_seen=1))

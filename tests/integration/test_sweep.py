@@ -22,7 +22,7 @@ from streams.pipeline.outcomes import State
 from streams.records import WorkItem, WorkRecord
 from streams.settings import Settings
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 from tests.helpers import rows, state_counts, wait_for
 from tests.integration.conftest import Workers
 

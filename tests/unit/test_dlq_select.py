@@ -24,7 +24,7 @@ from streams.dlq.select import (
 from streams.kafka import headers as h
 from streams.records import RunEvent, WorkItem, WorkRecord
 from streams.settings import Settings
-from streams.topics import topic_names
+from streams.kafka.topics import topic_names
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

@@ -6,7 +6,7 @@ import pytest
 
 from streams.errors import SettingsError
 from streams.settings import Settings
-from streams.topics import Role, topic_names, topology
+from streams.kafka.topics import Role, topic_names, topology
 
 
 def test_default_names_are_the_spec_names() -> None:
