@@ -39,17 +39,16 @@ import faust
 import mode
 
 from streams import metrics
-from streams.agents.resources import Resources
-from streams.db.queries import named
+from streams.resources import Resources
+from streams.db.sweep_store import StuckRow, SweepStore
 from streams.kafka import headers
 from streams.kafka.config import work_record_budget
-from streams.kafka.outbox import Outbox
+from streams.kafka.checkpoint import Checkpoint
 from streams.pipeline.outcomes import ErrorClass, State
 from streams.records import WorkItem, WorkRecord, fit
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-Q = named("sweep")
 
 JITTER = 0.2
 MAX_BACKOFF = 300.0
@@ -75,22 +74,10 @@ class SweepResult:
         return self.records > 0
 
 
-@dataclass(frozen=True)
-class _Row:
-    id: str
-    run_id: str
-    batch: int
-    object_type: str
-    entity: dict[str, Any]
-    claimed_by: str | None
-    attempts: int
-    retry_tier: int | None
-    last_error: dict[str, Any] | None
-
-
 class Sweeper:
     def __init__(self, app: faust.App, settings: Settings, topics: SweepTopics, resources: Resources) -> None:
-        self.app, self.settings, self.topics, self.resources = app, settings, topics, resources
+        self.app, self.settings, self.topics = app, settings, topics
+        self.store = SweepStore(resources.db)
         self.passes = 0
         self.passed = asyncio.Event()  # set after every pass, for tests
 
@@ -128,42 +115,33 @@ class Sweeper:
     async def sweep(self) -> SweepResult:
         """One pass: count the stuck rows (a metric), then send work for up to a batch per state."""
         result = SweepResult()
-        pool = await self.resources.pool()
-        async with pool.connection() as conn:
-            counts = dict(await (await conn.execute(Q["stuck_counts"], {"after": self.settings.sweep_after})).fetchall())
+        counts = await self.store.stuck(self.settings.sweep_after)
         for state in STUCK_STATES:
-            metrics.ROWS_STUCK.labels(state=state.name.lower()).set(counts.get(int(state), 0))
+            metrics.ROWS_STUCK.labels(state=state.name.lower()).set(counts.get(state, 0))
         for state in STUCK_STATES:
-            if counts.get(int(state)):
+            if counts.get(state):
                 await self._take(state, result)
         return result
 
     async def _take(self, state: State, result: SweepResult) -> None:
-        pool = await self.resources.pool()
-        outbox = Outbox()
-        async with pool.connection() as conn, conn.transaction():
-            found = await (await conn.execute(Q["take_stuck"], {
-                "state": int(state), "after": self.settings.sweep_after, "limit": self.settings.sweep_batch,
-            })).fetchall()
-            rows = [_Row(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in found]
-            records = self._records(state, rows)
-            claims = [(item.id, record.work_id) for record, _ in records for item in record.items]
-            await conn.execute(Q["take_over"], {"ids": [uuid.UUID(i) for i, _ in claims],
-                                                "claims": [claim for _, claim in claims]})
+        out = Checkpoint(_nothing_to_ack)
+        async with self.store.takeover(state, after=self.settings.sweep_after, limit=self.settings.sweep_batch) as stuck:
+            records = self._records(state, stuck.rows)
+            await stuck.claim([(item.id, record.work_id) for record, _ in records for item in record.items])
             for record, (topic, hdrs) in records:
-                await outbox.send(topic, key=f"{record.run_id}:{record.batch}".encode(), value=record.encode(),
-                                  headers=hdrs)
+                await out.send(topic, key=f"{record.run_id}:{record.batch}".encode(), value=record.encode(),
+                               headers=hdrs)
         # After the commit: a crash before the flush leaves claims whose records never left;
         # their rows are stuck again after STREAMS_SWEEP_AFTER, and taken over again.
-        await outbox.flush()
-        result.rows[state.name.lower()] += len(rows)
+        await out.commit([])
+        result.rows[state.name.lower()] += len(stuck.rows)
         result.records += len(records)
-        metrics.ROWS_SWEPT.labels(state=state.name.lower()).inc(len(rows))
+        metrics.ROWS_SWEPT.labels(state=state.name.lower()).inc(len(stuck.rows))
 
-    def _records(self, state: State, rows: Sequence[_Row]
+    def _records(self, state: State, rows: Sequence[StuckRow]
                  ) -> list[tuple[WorkRecord, tuple[faust.TopicT, list[tuple[str, bytes]] | None]]]:
         """The records that send `rows` again, each with its topic and headers."""
-        groups: dict[tuple[str, int, str | None], list[_Row]] = defaultdict(list)
+        groups: dict[tuple[str, int, str | None], list[StuckRow]] = defaultdict(list)
         for row in rows:
             groups[(row.run_id, row.batch, row.claimed_by)].append(row)
         made = []
@@ -191,6 +169,10 @@ class Sweeper:
         return made
 
 
+async def _nothing_to_ack(_: Sequence[Any]) -> None:
+    """The sweep reads no topic: its checkpoint only flushes what it sent."""
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -205,7 +187,7 @@ def _retry_headers(record: WorkRecord, tier: int, now_ms: int) -> list[tuple[str
                                    run_id=record.run_id, due_at_ms=now_ms)
 
 
-def _dead_headers(record: WorkRecord, rows: Sequence[_Row], now_ms: int) -> list[tuple[str, bytes]]:
+def _dead_headers(record: WorkRecord, rows: Sequence[StuckRow], now_ms: int) -> list[tuple[str, bytes]]:
     first = next((r.last_error for r in rows if r.last_error), None) or {}
     try:
         error_class = ErrorClass(first.get("class", "permanent"))

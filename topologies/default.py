@@ -17,7 +17,7 @@ from streams.agents.batching import GuardedBatches
 from streams.agents.dead_letters import DeadLetterAgent, DeadLetterTopics
 from streams.agents.ingest import IngestAgent, IngestTopics
 from streams.agents.plan_apply import ApplyTopics, PlanApplyAgent
-from streams.agents.resources import Resources, closing_service
+from streams.resources import Resources, closing_service
 from streams.agents.tiers import TierScheduler, tier_service
 from streams.agents.web import health_app
 from streams.pipeline.breaker import Breaker

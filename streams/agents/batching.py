@@ -4,12 +4,12 @@ faust acks an event when the agent moves past it, and its `take()` family acks t
 buffer in a `finally:` even when the agent body raised (faust issues #527, #315): the offsets
 of records that were never processed get committed. Here the stream is consumed with acks
 off (`stream.enable_acks = False`); faust still tracks every event as unacked and commits only up to the
-first unacked offset of each partition. An event is acked after the handler returned, that is
-after its rows are committed and the records it produced are flushed, or after it was
-dead-lettered. So:
+first unacked offset of each partition. The handler sends what it produces through a
+Checkpoint (streams.kafka.checkpoint), which acks the batch only after every record sent is
+on the broker; a record dead-lettered is acked the same way. So:
 
-- an error that is the infrastructure's (Postgres or Kafka unreachable) retries the same batch
-  with backoff, forever: the partition waits, nothing is skipped;
+- an error that is the infrastructure's (Postgres or Kafka unreachable, the target down) retries
+  the same batch with backoff, forever: the partition waits, nothing is skipped;
 - any other error retries the batch a few times, then each record alone; a record that still
   fails is handed to `dead_letter` with the reason, then acked;
 - a crash or a shutdown mid-batch leaves the batch unacked, so it is delivered again.
@@ -20,29 +20,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import faust
-import psycopg
-import psycopg_pool
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams import metrics
-from streams.errors import TargetUnavailable
+from streams.backoff import delay
+from streams.errors import DatabaseUnavailable, TargetUnavailable
+from streams.kafka.checkpoint import Ack, Checkpoint, Watermarks
 from streams.kafka.positions import PartitionGuard
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Sequence[Any]], Awaitable[None]]
+Handler = Callable[[Sequence[Any], Checkpoint], Awaitable[None]]
 
 
-class DeadLetter(Protocol):
-    """Writes `event` to the dead-letter topic with `error`; `excerpt`: only its first bytes."""
+class DeadLetterWriter(Protocol):
+    """Sends `event` to the dead-letter topic with `error` through `out`; `excerpt`: only its
+    first bytes (the whole record could not be written)."""
 
-    def __call__(self, event: Any, error: BaseException, *, excerpt: bool = False) -> Awaitable[None]: ...
+    def __call__(self, event: Any, error: BaseException, out: Checkpoint, *,
+                 excerpt: bool = False) -> Awaitable[None]: ...
 
 
 Describe = Callable[[Any], dict[str, Any]]
@@ -53,9 +54,18 @@ def _where(event: faust.types.EventT) -> tuple[Any, int]:
     return message.tp, message.offset
 
 
+def _position(record: Any) -> tuple[Any, int]:
+    """Partition and offset of a faust event or of a tier record (streams.agents.plan_apply.Incoming)."""
+    origin = getattr(record, "origin", None)
+    if origin is not None:
+        return (origin.topic, origin.partition), origin.offset
+    return _where(record)
+
+
 def describe_event(event: faust.types.EventT) -> dict[str, Any]:
     message = event.message
     return {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+
 
 BATCH_TRIES = 3
 RECORD_TRIES = 2
@@ -71,19 +81,7 @@ def is_infrastructure(error: BaseException) -> bool:
     """Errors that say nothing about the record: retrying later is the only right answer."""
     if is_too_large(error):
         return False  # a KafkaError, but about the record: retrying it would wait forever
-    if isinstance(error, (psycopg.OperationalError, psycopg_pool.PoolTimeout, KafkaError,
-                          ConnectionError, TimeoutError, TargetUnavailable)):
-        return True
-    return isinstance(error, psycopg.Error) and getattr(error, "sqlstate", None) in _TRANSIENT_SQLSTATES
-
-
-# serialization_failure, deadlock_detected, lock_not_available, query_canceled (statement timeout),
-# admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "53300"}
-
-
-def backoff(attempt: int) -> float:
-    return min(MAX_BACKOFF, 0.2 * 2 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+    return isinstance(error, (DatabaseUnavailable, TargetUnavailable, KafkaError, ConnectionError, TimeoutError))
 
 
 IDLE_CHECK = 1.0
@@ -100,7 +98,7 @@ class GuardedBatches:
     left to the first.
     """
 
-    def __init__(self, name: str, handler: Handler, dead_letter: DeadLetter, *,
+    def __init__(self, name: str, handler: Handler, dead_letter: DeadLetterWriter, *,
                  max_records: int, within: float, describe: Describe = describe_event,
                  guard: PartitionGuard | None = None) -> None:
         self.name = name
@@ -149,9 +147,7 @@ class GuardedBatches:
                 if not batch:
                     continue
                 try:
-                    await self.settle(batch)
-                    for event in batch:
-                        await source.ack(event)
+                    await self.settle(batch, _acker(source))
                 finally:
                     self._in_flight.difference_update(_where(event) for event in batch)
         finally:
@@ -170,29 +166,35 @@ class GuardedBatches:
         self._in_flight.add(where)
         return True
 
-    async def settle(self, batch: list[Any]) -> None:
-        """Process `batch` until every record has an outcome (processed or dead-lettered)."""
+    async def settle(self, batch: list[Any], ack: Ack, watermarks: Watermarks | None = None) -> None:
+        """Process `batch` until every record has an outcome (processed or dead-lettered), then
+        acknowledge it with `ack`, after everything it produced is on the broker (with
+        `watermarks`, for acknowledgements that are positions: never one behind the last)."""
         started = time.perf_counter()
+        out = Checkpoint(ack, watermarks=watermarks, where=_position)
         try:
-            if await self._attempt(batch, BATCH_TRIES) is None:
+            if await self._attempt(batch, BATCH_TRIES, out) is None:
                 metrics.RECORDS.labels(agent=self.name, outcome="processed").inc(len(batch))
-                return
-            # Something in the batch fails every time: find which record, settle the others.
-            for event in batch:
-                error = await self._attempt([event], RECORD_TRIES)
-                if error is None:
-                    metrics.RECORDS.labels(agent=self.name, outcome="processed").inc()
-                else:
-                    await self._dead_letter(event, error)
+            else:
+                # Something in the batch fails every time: find which record, settle the others.
+                for event in batch:
+                    error = await self._attempt([event], RECORD_TRIES, out)
+                    if error is None:
+                        metrics.RECORDS.labels(agent=self.name, outcome="processed").inc()
+                    else:
+                        await self._dead_letter(event, error, out)
+            await self._commit(out, batch)
         finally:
             metrics.BATCH_SECONDS.labels(agent=self.name).observe(time.perf_counter() - started)
 
-    async def _attempt(self, batch: list[Any], tries: int) -> BaseException | None:
+    async def _attempt(self, batch: list[Any], tries: int, out: Checkpoint) -> BaseException | None:
         """Run the handler until it succeeds (None) or fails `tries` times (the last error)."""
         failures = 0
         while True:
             try:
-                await self.handler(batch)
+                async with out.attempt():
+                    await self.handler(batch, out)
+                    await out.flush()  # a record the broker cannot take fails the attempt, not the ack
                 return None
             except asyncio.CancelledError:
                 raise
@@ -213,16 +215,18 @@ class GuardedBatches:
                     return exc
                 # An open breaker says how long to wait; otherwise back off with jitter.
                 wait = getattr(exc, "retry_in", None)
-                await asyncio.sleep(max(wait, 0.5) if wait else backoff(failures if not infra else 3))
+                await asyncio.sleep(max(wait, 0.5) if wait else delay(failures if not infra else 3))
 
-    async def _dead_letter(self, event: Any, error: BaseException) -> None:
+    async def _dead_letter(self, event: Any, error: BaseException, out: Checkpoint) -> None:
         """Write the dead letter, whatever it takes: the infrastructure is waited for; a letter
         too large for the topic goes as an excerpt; any other failure, after a few tries, too."""
         attempt = 0
         excerpt = False
         while True:
             try:
-                await self.dead_letter(event, error, excerpt=excerpt)
+                async with out.attempt():
+                    await self.dead_letter(event, error, out, excerpt=excerpt)
+                    await out.flush()  # a letter the broker refuses is known here, not at the commit
                 metrics.RECORDS.labels(agent=self.name, outcome="dead_lettered").inc()
                 return
             except asyncio.CancelledError:
@@ -238,4 +242,16 @@ class GuardedBatches:
                 log.error("dead-letter write failed; retrying", extra={
                     "agent": self.name, "error": type(exc).__name__, "attempt": attempt,
                     "infrastructure": infra, **self.describe(event)})
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(delay(attempt))
+
+    async def _commit(self, out: Checkpoint, batch: list[Any]) -> None:
+        # Every attempt that counted was flushed inside it: this acks (and flushes extras).
+        await out.commit(batch)
+
+
+def _acker(source: faust.StreamT) -> Ack:
+    """faust's acknowledgement: each event acked; faust commits up to the first one not acked."""
+    async def ack(events: Sequence[Any]) -> None:
+        for event in events:
+            await source.ack(event)
+    return ack

@@ -23,6 +23,7 @@ import logging
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import mode
@@ -30,6 +31,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streams import metrics
 from streams.agents.batching import GuardedBatches
+from streams.kafka.checkpoint import Watermarks
 from streams.agents.plan_apply import Incoming, PlanApplyAgent
 from streams.kafka import headers
 from streams.kafka.config import confluent_config
@@ -65,6 +67,8 @@ class TierScheduler:
         self._generation: dict[TP, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumer: Consumer | None = None
+        # Commits are positions: one never goes behind the last on its partition.
+        self._watermarks = Watermarks()
 
     async def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, lambda: func(*args, **kwargs))
@@ -104,6 +108,7 @@ class TierScheduler:
     async def _apply_rebalances(self, consumer: Consumer) -> None:
         while not self._rebalances.empty():
             kind, parts = self._rebalances.get_nowait()
+            self._watermarks.reset()  # a partition's next owner starts from its commit
             for tp in parts:
                 self._generation[tp] = self._generation.get(tp, 0) + 1
                 self._waiting.pop(tp, None)
@@ -153,15 +158,17 @@ class TierScheduler:
             log.info("retry record due", extra={"topic": tp[0], "partition": tp[1], "offset": message.offset(),
                                                 "tier": tier, "lateness_ms": lateness,
                                                 "attempt": headers.decode(message.headers()).get(headers.ATTEMPT)})
-        await self.guard.settle([incoming_from_message(m) for m in messages])
-        if self._generation.get(tp, 0) != generation:
-            return  # revoked meanwhile: the new owner processes them again (claims make that safe)
-        try:
-            await self._call(consumer.commit, offsets=[TopicPartition(tp[0], tp[1], messages[-1].offset() + 1)],
-                             asynchronous=False)
-        except KafkaException as exc:
-            log.warning("retry tier commit failed; the records may be processed again",
-                        extra={"topic": tp[0], "partition": tp[1], "error": str(exc.args[0])})
+        async def commit(records: Sequence[Incoming]) -> None:
+            if self._generation.get(tp, 0) != generation:
+                return  # revoked meanwhile: the new owner processes them again (claims make that safe)
+            last = max(record.origin.offset for record in records)
+            try:
+                await self._call(consumer.commit, offsets=[TopicPartition(tp[0], tp[1], last + 1)], asynchronous=False)
+            except KafkaException as exc:
+                log.warning("retry tier commit failed; the records may be processed again",
+                            extra={"topic": tp[0], "partition": tp[1], "error": str(exc.args[0])})
+
+        await self.guard.settle([incoming_from_message(m) for m in messages], commit, self._watermarks)
         self._busy.discard(tp)
         self._waiting[tp] = 0  # resume on the next turn of the loop
 

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from streams.cli.context import Context, console, fail, run_guarded
 from streams.db.connect import conninfo
-from streams.runs.store import FailedBatch, Revision, RunRow, list_runs, run_detail
+from streams.db.runs_store import FailedBatch, Revision, RunRow, list_runs, run_detail
 
 _STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "open": "blue",
                 "replaying": "magenta"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from streams.errors import MigrationError
-from streams.resources import sql_dir
+from streams.package_data import sql_dir
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from streams.dlq.plan import Action, Destination, Plan, Skip, assign_ids, make_p
 from streams.dlq.reader import read_dead_letters
 from streams.dlq.select import Filters, Tally
 from streams.dlq.sender import Sender
-from streams.dlq.store import ReplayStore, open_store
+from streams.db.dlq_store import ReplayStore, open_store
 from streams.kafka.config import work_record_budget
 from streams.settings import Settings
 from streams.kafka.topics import TopicNames, topic_names

@@ -68,7 +68,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -78,10 +78,11 @@ import orjson
 from faust.types import TP
 
 from streams import metrics
-from streams.agents.batching import backoff
-from streams.agents.resources import Resources
+from streams.backoff import delay, until_done
+from streams.resources import Resources
 from streams.records import RunEvent
-from streams.runs import store
+from streams.db.runs_store import RunsStore
+from streams.kafka.checkpoint import Ack, Checkpoint
 from streams.runs.completions import CompletionLog
 from streams.kafka.positions import Positions, committed_offsets
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, count
@@ -109,7 +110,7 @@ class RunTracker:
         names = topic_names(settings)
         self.app = app
         self.settings = settings
-        self.resources = resources
+        self.store = RunsStore(resources.db)
         self.topic = names.run_events
         self.completions = CompletionLog(settings)
         self.positions = Positions()
@@ -174,7 +175,7 @@ class RunTracker:
                 log.error("run event not counted; it will be processed again", exc_info=attempt == 1, extra={
                     "agent": AGENT, "error": type(exc).__name__, "detail": str(exc)[:300], "attempt": attempt,
                     "topic": message.topic, "partition": message.partition, "offset": message.offset})
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(delay(attempt))
         return False
 
     async def _on_revoked(self, _sender: Any, _revoked: Any, **_kwargs: Any) -> None:
@@ -261,17 +262,14 @@ class RunTracker:
         """Emit revision + 1 of a due run (or find it already emitted); see the docstring."""
         revision = progress.revision + 1
         await self.app.producer.flush()
-        pool = await self.resources.pool()
-        async with pool.connection() as conn, conn.transaction():
-            await store.lock_run(conn, progress.run_id)
+        async with self.store.completing(progress.run_id) as completing:
             found = await asyncio.to_thread(self.completions.find, progress.run_id, revision,
                                             since_ms=event_ms - SCAN_SLACK_MS)
             completed = found or progress.completion(revision, int(time.time() * 1000))
             if found is None:
                 await asyncio.to_thread(self.completions.send, completed)
             done = progress.emitted_as(completed)
-            await store.record_completion(conn, completed)
-            await store.mirror(conn, [done])
+            await completing.record(completed, [done])
         self._save(done)
         await self.app.producer.flush()
         message = "run completed" if found is None else "run completion found on the topic; not sent again"
@@ -338,38 +336,36 @@ class RunTracker:
                                               "partition": tp.partition, "offset": offset})
 
     async def _flush_until_done(self, stream: faust.StreamT) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._flush(stream)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - acks wait until the mirror is written
-                attempt += 1
-                log.warning("run progress mirror not written; retrying", extra={
-                    "agent": AGENT, "error": type(exc).__name__, "detail": str(exc)[:300],
-                    "attempt": attempt})
-                await asyncio.sleep(backoff(attempt))
+        # Acks wait until the mirror is written: an event is never acked before it.
+        await until_done(lambda: self._flush(stream), what="run progress mirror", extra={"agent": AGENT})
 
     async def _flush(self, stream: faust.StreamT) -> None:
+        """The tracker's checkpoint: its outputs (faust's table writes, flushed by faust before
+        it commits; the Postgres mirror) before the acks."""
         async with self._flushing:
             events, dirty = self._unacked, self._dirty
             if not events and not dirty:
                 return
             self._unacked, self._dirty = [], {}
-            try:
+
+            async def mirror() -> None:
                 if dirty:
-                    pool = await self.resources.pool()
-                    async with pool.connection() as conn, conn.transaction():
-                        await store.mirror(conn, sorted(dirty.values(), key=lambda p: p.run_id))
+                    await self.store.mirror(sorted(dirty.values(), key=lambda p: p.run_id))
+
+            try:
+                await Checkpoint(_acker(stream), flush=mirror).commit(events)
             except BaseException:
                 # Put them back for the next try; snapshots taken since are newer and win.
                 self._unacked = events + self._unacked
                 self._dirty = {**dirty, **self._dirty}
                 raise
-            for event in events:
-                await stream.ack(event)
+
+
+def _acker(stream: faust.StreamT) -> Ack:
+    async def ack(events: Sequence[Any]) -> None:
+        for event in events:
+            await stream.ack(event)
+    return ack
 
 
 def register_tracker(app: faust.App, settings: Settings, resources: Resources,

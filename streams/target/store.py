@@ -25,7 +25,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from streams.db import queries as named_sql
-from streams.resources import sql_dir
+from streams.package_data import sql_dir
 
 log = logging.getLogger(__name__)
 

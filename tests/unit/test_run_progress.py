@@ -29,7 +29,7 @@ from streams.records import (
 from streams.runs.completions import partition_for
 from streams.kafka.positions import RESEEK_AFTER, Positions, Verdict
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, recount
-from streams.runs.store import RunRow
+from streams.db.runs_store import RunRow
 
 RUN = "run-1"
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "run-completed.schema.json"
