@@ -34,11 +34,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from confluent_kafka import Consumer, TopicPartition
 from faust.types import TP
 
 from streams import metrics
-from streams.kafka.config import confluent_config
+from streams.kafka.reader import Reader
 from streams.settings import Settings
 
 # A seek that has not brought the missing record after this long is made again.
@@ -104,21 +103,11 @@ class Positions:
 def committed_offsets(settings: Settings, group: str,
                       partitions: Iterable[Partition]) -> dict[Partition, int]:
     """The group's committed offset of each partition (its first offset when none). Blocking."""
-    wanted = [TopicPartition(topic, partition) for topic, partition in partitions]
+    wanted = list(partitions)
     if not wanted:
         return {}
-    consumer = Consumer(confluent_config(settings, **{"group.id": group, "enable.auto.commit": False}))
-    try:
-        starts = {}
-        for tp in consumer.committed(wanted, timeout=settings.kafka_timeout):
-            if tp.offset < 0:
-                tp.offset = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                           timeout=settings.kafka_timeout)[0]
-            starts[(tp.topic, tp.partition)] = tp.offset
-        return starts
-    finally:
-        consumer.close()
-
+    with Reader(settings, group=group) as reader:
+        return reader.committed(wanted)
 
 
 log = logging.getLogger(__name__)
