@@ -32,7 +32,7 @@ async def until_done(operation: Callable[[], Awaitable[T]], *, what: str, extra:
             return await operation()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure is logged and tried again
+        except Exception as exc:
             attempt += 1
             log.log(level, f"{what} failed; trying again", exc_info=attempt == 1, extra={
                 **(extra or {}), "error": type(exc).__name__, "detail": str(exc)[:300], "attempt": attempt})

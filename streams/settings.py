@@ -7,6 +7,7 @@ print it and exit non-zero before anything connects anywhere.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -54,7 +55,7 @@ def _parse_tiers(value: object) -> object:
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("expected a comma-separated list of durations such as 30s,5m,1h")
     tiers = tuple(parse_duration(item) for item in value)
-    if any(later <= earlier for earlier, later in zip(tiers, tiers[1:], strict=False)):
+    if any(later <= earlier for earlier, later in itertools.pairwise(tiers)):
         raise ValueError("tier delays must grow strictly from one tier to the next")
     names = [format_duration(t) for t in tiers]
     if len(set(names)) != len(names):
@@ -110,7 +111,8 @@ class Settings(BaseSettings):
     target_scope: str = Field("netbox:read netbox:write", description="OAuth2 scope asked for with each token.")
     target_timeout: Duration = Field(60.0, description="Timeout of one bulk-plan-apply call.")
     target_request_seconds: Duration = Field(
-        4.0, description="Requests are sized from measured latency to take about this long (at most STREAMS_BATCH_SIZE)."
+        4.0,
+        description="Requests are sized from measured latency to take about this long (at most STREAMS_BATCH_SIZE).",
     )
     target_max_request_bytes: PositiveInt = Field(
         2_000_000, ge=10_000, description="Largest request body; NetBox refuses bodies over 2.5 MiB."
@@ -161,7 +163,8 @@ class Settings(BaseSettings):
         None, description="Python >= 3.12 for the NetBox virtualenv; default: the first one found on this machine."
     )
     netbox_cache: Path | None = Field(
-        None, description="Per-user cache of the NetBox virtualenv and migrated template; default ~/.cache/streams/netbox."
+        None,
+        description="Per-user cache of the NetBox virtualenv and migrated template; default ~/.cache/streams/netbox.",
     )
 
     @field_validator("topic_prefix")

@@ -39,13 +39,13 @@ import faust
 import mode
 
 from streams import metrics
-from streams.resources import Resources
 from streams.db.sweep_store import StuckRow, SweepStore
 from streams.kafka import headers
-from streams.kafka.config import work_record_budget
 from streams.kafka.checkpoint import Checkpoint
+from streams.kafka.config import work_record_budget
 from streams.pipeline.outcomes import ErrorClass, State
 from streams.records import WorkItem, WorkRecord, fit
+from streams.resources import Resources
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,8 @@ class Sweeper:
 
     async def _take(self, state: State, result: SweepResult) -> None:
         out = Checkpoint(_nothing_to_ack)
-        async with self.store.takeover(state, after=self.settings.sweep_after, limit=self.settings.sweep_batch) as stuck:
+        taking = self.store.takeover(state, after=self.settings.sweep_after, limit=self.settings.sweep_batch)
+        async with taking as stuck:
             records = self._records(state, stuck.rows)
             await stuck.claim([(item.id, record.work_id) for record, _ in records for item in record.items])
             for record, (topic, hdrs) in records:

@@ -17,16 +17,16 @@ from streams.agents.batching import GuardedBatches
 from streams.agents.dead_letters import DeadLetterAgent, DeadLetterTopics
 from streams.agents.ingest import IngestAgent, IngestTopics
 from streams.agents.plan_apply import ApplyTopics, PlanApplyAgent
-from streams.resources import Resources, closing_service
 from streams.agents.tiers import TierScheduler, tier_service
 from streams.agents.web import health_app
-from streams.pipeline.breaker import Breaker
 from streams.kafka.faust_app import make_app
 from streams.kafka.positions import PartitionGuard
+from streams.kafka.topics import topic_names
+from streams.pipeline.breaker import Breaker
+from streams.resources import Resources, closing_service
 from streams.runs.tracker import register_tracker
 from streams.settings import Settings
 from streams.sweep import Sweeper, SweepTopics, sweep_service
-from streams.kafka.topics import topic_names
 
 # Ingest records carry up to 1000 entities each: 20 records make one COPY of up to 20k rows.
 INGEST_RECORDS_PER_BATCH = 20

@@ -198,7 +198,7 @@ class GuardedBatches:
                 return None
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every error is classified below
+            except Exception as exc:
                 metrics.RETRIES.labels(agent=self.name).inc()
                 infra = is_infrastructure(exc)
                 if not infra:

@@ -22,8 +22,8 @@ import asyncio
 import logging
 import queue
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import mode
@@ -31,9 +31,9 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from streams import metrics
 from streams.agents.batching import GuardedBatches
-from streams.kafka.checkpoint import Watermarks
 from streams.agents.plan_apply import Incoming, PlanApplyAgent
 from streams.kafka import headers
+from streams.kafka.checkpoint import Watermarks
 from streams.kafka.config import confluent_config
 from streams.settings import Settings
 

@@ -48,11 +48,11 @@ from streams.dev.workers import start_worker, stop_worker
 from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import topology
 from streams.runs.completions import read_completions
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import start_target
-from streams.kafka.topics import topology
 
 DEMO_DATABASE = "streams_demo"
 

@@ -34,8 +34,8 @@ from streams.dlq.select import (
     summarize,
 )
 from streams.kafka import headers as h
-from streams.settings import Settings
 from streams.kafka.topics import topic_names
+from streams.settings import Settings
 
 app = typer.Typer(help="List, show and replay the dead letters (the ingest.dlq topic).", no_args_is_help=True)
 

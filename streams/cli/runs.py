@@ -7,7 +7,7 @@ STREAMS_STALL_AFTER is flagged as stalled.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import psycopg
@@ -36,7 +36,7 @@ def runs(
     context: Context = ctx.obj
     settings = context.services()
     url = run_guarded(conninfo, settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         if run_id is None:
             rows = list_runs(url, limit=limit)
@@ -168,7 +168,7 @@ def _when_ago(moment: datetime, now: datetime) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
 def _age(seconds: float) -> str:

@@ -41,7 +41,8 @@ def target(
     status_first: Annotated[int, _opt("STATUS_FIRST", "The first N requests are answered --status-code.")] = 0,
     retry_after: Annotated[int | None, _opt("RETRY_AFTER", "Retry-After seconds on injected 429/503")] = None,
     outage: Annotated[bool, _opt("OUTAGE", "Answer every bulk request with 503.")] = False,
-    db_down: Annotated[bool, _opt("DB_DOWN", "Answer every entity with the plan error `internal error` (207).")] = False,
+    db_down: Annotated[bool, _opt(
+        "DB_DOWN", "Answer every entity with the plan error `internal error` (207).")] = False,
     capacity: Annotated[int | None, _opt("CAPACITY", "Concurrent bulk requests served; beyond: 503.")] = None,
     seed: Annotated[int, _opt("SEED", "Seed of every injected decision (same seed, same failures).")] = 0,
 ) -> None:

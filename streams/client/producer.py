@@ -25,10 +25,10 @@ from pydantic import ValidationError
 
 import streams
 from streams.kafka.producer import CheckedProducer, DeliveryError
+from streams.kafka.topics import topic_names
 from streams.models import MAX_ENTITIES, RunCompleted, parse_ingest_record
 from streams.runs import completions
 from streams.settings import Settings
-from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -69,16 +69,16 @@ async def _mirror(conn: AsyncConnection, runs: Sequence[RunProgress]) -> None:
         "entities_duplicates": [x.duplicates for x in t], "entities_in_retry": [x.in_retry for x in t],
         "entities_errored": [x.errored for x in t],
         "producers": [Jsonb(run.producer) if run.producer else None for run in runs],
-        "first_seen_at": [_time(run.first_seen or run.updated) or datetime.now(timezone.utc) for run in runs],
+        "first_seen_at": [_time(run.first_seen or run.updated) or datetime.now(UTC) for run in runs],
         "sealed_at": [_time(run.sealed_at) for run in runs],
         "completed_at": [_time(run.completed_at) for run in runs],
-        "updated_at": [_time(run.updated) or datetime.now(timezone.utc) for run in runs],
+        "updated_at": [_time(run.updated) or datetime.now(UTC) for run in runs],
         "events": [run.events for run in runs],
     })
 
 
 def _time(epoch_ms: int | None) -> datetime | None:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc) if epoch_ms else None
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC) if epoch_ms else None
 
 
 # --- reads (`streams runs`) ------------------------------------------------------------------

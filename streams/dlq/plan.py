@@ -24,9 +24,9 @@ from enum import Enum
 from streams.dlq.letters import DeadLetter
 from streams.dlq.select import Filters, matches, order_key, selected_items
 from streams.kafka import headers as h
+from streams.kafka.topics import TopicNames
 from streams.pipeline.outcomes import ErrorClass
 from streams.records import RunEvent, WorkRecord, entities_requeued, fit
-from streams.kafka.topics import TopicNames
 
 
 class Destination(str, Enum):

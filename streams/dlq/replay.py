@@ -26,16 +26,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from streams.db.dlq_store import ReplayStore, open_store
 from streams.dlq import DlqError
 from streams.dlq.letters import DeadLetter
 from streams.dlq.plan import Action, Destination, Plan, Skip, assign_ids, make_plan, outgoing
 from streams.dlq.reader import read_dead_letters
 from streams.dlq.select import Filters, Tally
 from streams.dlq.sender import Sender
-from streams.db.dlq_store import ReplayStore, open_store
 from streams.kafka.config import work_record_budget
-from streams.settings import Settings
 from streams.kafka.topics import TopicNames, topic_names
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from confluent_kafka import KafkaError
 from streams.errors import SettingsError
 from streams.settings import Settings
 
-
 # Headroom above STREAMS_MAX_RECORD_BYTES for headers and framing. Topics accept records this
 # much larger than the ingest limit, so a record slightly over it still reaches the ingest agent
 # (and is dead-lettered with a reason) instead of being refused by the broker.

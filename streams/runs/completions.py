@@ -26,11 +26,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message
 from pydantic import ValidationError
 
 from streams.errors import StreamsError
-from streams.kafka.reader import KafkaUnavailable, Reader
 from streams.kafka.producer import CheckedProducer, DeliveryError
+from streams.kafka.reader import KafkaUnavailable, Reader
+from streams.kafka.topics import topic_names
 from streams.models import RunCompleted
 from streams.settings import Settings
-from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ replay settled failed batches, for example).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from streams.models import RunCompleted
@@ -223,4 +223,4 @@ def signature_of(completed: RunCompleted) -> Signature:
 
 
 def _utc(epoch_ms: int) -> datetime:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)

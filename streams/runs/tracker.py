@@ -79,15 +79,15 @@ from faust.types import TP
 
 from streams import metrics
 from streams.backoff import delay, until_done
-from streams.resources import Resources
-from streams.records import RunEvent
 from streams.db.runs_store import RunsStore
 from streams.kafka.checkpoint import Ack, Checkpoint
-from streams.runs.completions import CompletionLog
 from streams.kafka.positions import Positions, committed_offsets
+from streams.kafka.topics import topic_names
+from streams.records import RunEvent
+from streams.resources import Resources
+from streams.runs.completions import CompletionLog
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, count
 from streams.settings import Settings
-from streams.kafka.topics import topic_names
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class RunTracker:
                 return True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every error waits and retries; see the docstring
+            except Exception as exc:
                 attempt += 1
                 message = event.message
                 metrics.RETRIES.labels(agent=AGENT).inc()

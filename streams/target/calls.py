@@ -52,7 +52,7 @@ QUICK_RETRY_MAX_AFTER = 1.0  # a Retry-After longer than this is honoured throug
 
 
 # Requests made by the apply() being awaited, counted across the tasks it gathers.
-_REQUESTS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("streams_target_requests", default=[0])
+_REQUESTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("streams_target_requests", default=None)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class TargetCalls:
         tally = _REQUESTS.set([0])
         try:
             results = await _all(self._call(body) for body in bodies)
-            requests = _REQUESTS.get()[0]
+            requests = (_REQUESTS.get() or [0])[0]
         finally:
             _REQUESTS.reset(tally)
         return Applied([outcome for result in results for outcome in result], requests)
@@ -108,7 +108,9 @@ class TargetCalls:
         return result
 
     async def _timed(self, body: Body) -> CallResult:
-        _REQUESTS.get()[0] += 1  # the tasks of one apply() share the list
+        tally = _REQUESTS.get()
+        if tally is not None:
+            tally[0] += 1  # the tasks of one apply() share the list
         started = self._clock()
         result = await self.send_request(body)
         failure = result.request_failure

@@ -66,7 +66,14 @@ from streams.target import faults as injected
 from streams.target.faults import EntityFault, Faults
 from streams.target.natural_keys import NaturalKeyError, natural_key
 from streams.target.store import (
-    Key, ObjectWrite, Session, StoredObject, StoreRejected, StoreUnavailable, TargetStore, WriteConflict,
+    Key,
+    ObjectWrite,
+    Session,
+    StoredObject,
+    StoreRejected,
+    StoreUnavailable,
+    TargetStore,
+    WriteConflict,
 )
 
 log = logging.getLogger(__name__)
