@@ -18,7 +18,8 @@ CAP = 30.0
 
 def delay(attempt: int, *, base: float = BASE, cap: float = CAP) -> float:
     """Seconds before try `attempt + 1` (attempt counts the failures so far, from 1)."""
-    return min(cap, base * 2 ** min(max(attempt, 0), 16)) * random.uniform(0.5, 1.0)
+    growth: float = base * 2.0 ** min(max(attempt, 0), 16)
+    return min(cap, growth) * random.uniform(0.5, 1.0)
 
 
 async def until_done(operation: Callable[[], Awaitable[T]], *, what: str, extra: dict[str, Any] | None = None,

@@ -77,7 +77,7 @@ def prepare(settings: Settings, name: str) -> Settings:
 
 def _scalar(settings: Settings, query: str) -> Any:
     with psycopg.connect(conninfo(settings), connect_timeout=10) as conn:
-        row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query).fetchone()
     return row[0] if row else None
 
 

@@ -145,7 +145,7 @@ class Sweeper:
         groups: dict[tuple[str, int, str | None], list[StuckRow]] = defaultdict(list)
         for row in rows:
             groups[(row.run_id, row.batch, row.claimed_by)].append(row)
-        made = []
+        made: list[tuple[WorkRecord, tuple[faust.TopicT, list[tuple[str, bytes]] | None]]] = []
         now_ms = _now_ms()
         for (run_id, batch, claim), members in groups.items():
             items = tuple(WorkItem(r.id, r.object_type, r.entity) for r in members)

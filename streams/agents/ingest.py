@@ -65,11 +65,11 @@ class IngestAgent:
         accepted = await self.store.accept(batches)
         self._log(accepted)
         budget = work_record_budget(self.settings)
-        for record in accepted.plan.work + accepted.resent:
+        for work in accepted.plan.work + accepted.resent:
             # A work record is larger than its ingest record (ids, keys): a batch near the
             # limit goes as several, each under it.
-            for part in fit(record, budget):
-                await out.send(self.topics.work, key=f"{record.run_id}:{record.batch}".encode(), value=part.encode())
+            for part in fit(work, budget):
+                await out.send(self.topics.work, key=f"{work.run_id}:{work.batch}".encode(), value=part.encode())
         for run_event in _events(accepted):
             await self._send_event(out, run_event)
 

@@ -42,6 +42,7 @@ from streams.errors import InvalidRecord
 from streams.kafka import headers
 from streams.kafka.checkpoint import Checkpoint
 from streams.kafka.config import max_message_bytes, work_record_budget
+from streams.kafka.headers import Origin
 from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, dead_work, earlier, leaving, retry_work, route
 from streams.pipeline.breaker import Breaker
 from streams.pipeline.outcomes import CallResult, EntityOutcome, ErrorClass, State
@@ -67,7 +68,7 @@ class Incoming:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
-    origin: headers.Origin
+    origin: Origin
     from_tier: bool
 
 

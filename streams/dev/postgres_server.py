@@ -16,6 +16,7 @@ import subprocess
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -65,7 +66,7 @@ def _run_as() -> str | None:
     return SYSTEM_USER
 
 
-def _identity(user: str | None) -> dict[str, object]:
+def _identity(user: str | None) -> dict[str, Any]:
     """subprocess arguments that drop to `user` completely (uid, gid and groups)."""
     if user is None:
         return {}

@@ -75,6 +75,7 @@ def dead_letter(topic: str, partition: int, offset: int, timestamp: int, key: by
     text = h.decode(headers)
     value = value or b""
     work = _work_record(value)
+    run_id: str | None
     if work is not None:
         object_types = tuple(sorted({item.object_type for item in work.items}))
         run_id = text.get(h.RUN_ID) or work.run_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import cast
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Message
 
@@ -44,9 +45,9 @@ def read_dead_letters(settings: Settings, *, topic: str | None = None,
 
 def _letter(topic: str, message: Message) -> DeadLetter:
     kind, stamp = message.timestamp()
-    headers = message.headers()
+    headers = cast(list[tuple[str, bytes]] | None, message.headers())  # we write bytes values only
     if kind == TIMESTAMP_NOT_AVAILABLE:  # fall back to when the first attempt failed
         first = h.decode(headers).get(h.FIRST_FAILED_AT, "0")
         stamp = int(first) if first.isdigit() else 0
-    return dead_letter(topic, message.partition(), message.offset(), stamp, message.key(), headers,
+    return dead_letter(topic, message.partition() or 0, message.offset() or 0, stamp, message.key(), headers,
                        message.value())

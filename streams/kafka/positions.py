@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from faust.types import TP
 
@@ -46,7 +46,8 @@ RESEEK_AFTER = 2.0
 Partition = tuple[str, int]  # (topic, partition), as faust's TP compares
 
 
-class Verdict(NamedTuple):
+@dataclass(frozen=True)
+class Verdict:
     count: bool  # count the record now
     seek_to: int | None = None  # else, seek back here first (None: a seek is under way)
 
@@ -151,7 +152,7 @@ class PartitionGuard:
             starts = {}
         # A partition this worker kept through the rebalance goes on from where it was handed
         # out (everything before was processed, or is being), when that is past the commit.
-        known = {tp: max(offset, before.get(tp, offset))
+        known: dict[Partition, int] = {tp: max(offset, before.get(tp, offset))
                  for tp, offset in ((_tp(self.app, partition), offset) for partition, offset in starts.items())}
         self.positions.reset(known)
         self._unguarded = {tp for tp in mine if tp not in known}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -21,6 +21,7 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 _SHOWN_ERRORS = 5
+_ANY_PARTITION = -1  # librdkafka: let the partitioner choose
 
 
 class DeliveryError(StreamsError):
@@ -41,10 +42,11 @@ class CheckedProducer:
              headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> None:
         """Queue one record; a full local queue is drained (delivery reports served) first."""
         on_delivery = partial(self._on_delivery, what)
-        extra = {"partition": partition} if partition is not None else {}
+        wire_headers = cast(list[tuple[str, str | bytes | None]] | None, headers)
         while True:
             try:
-                self._client.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery, **extra)
+                self._client.produce(topic, value=value, key=key, headers=wire_headers, on_delivery=on_delivery,
+                                     partition=_ANY_PARTITION if partition is None else partition)
                 break
             except BufferError:
                 self._client.poll(0.1)

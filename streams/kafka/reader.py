@@ -116,7 +116,7 @@ class Reader:
                                        f"{len(remaining)} partitions not yet read to their end")
             for message in messages:
                 last_progress = time.monotonic()
-                partition = message.partition()
+                partition = message.partition() or 0  # always set on a consumed record
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
@@ -124,10 +124,11 @@ class Reader:
                         continue
                     raise KafkaUnavailable(f"cannot read {topic!r} partition {partition}: {error.str()}")
                 end = remaining.get(partition)
-                if end is None or message.offset() >= end:
+                offset = message.offset() or 0
+                if end is None or offset >= end:
                     remaining.pop(partition, None)  # past the end we started with
                     continue
-                if message.offset() == end - 1:
+                if offset == end - 1:
                     remaining.pop(partition)
                 yield message
 

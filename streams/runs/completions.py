@@ -50,7 +50,7 @@ class CompletionsUnavailable(StreamsError, ConnectionError):
 
 def partition_for(run_id: str, partitions: int) -> int:
     """The partition of a run's completions: murmur2 of the key, as the Java client does."""
-    return (murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def decode(message: Message) -> RunCompleted | None:
@@ -106,7 +106,7 @@ def wait_for_completion(settings: Settings, run_id: str, *, timeout: float,
                 if revision is None and (latest is None or completed.revision > latest.revision):
                     latest = completed
             # The records that were there when we started are read: the latest of them is the answer.
-            if revision is None and latest is not None and message.offset() + 1 >= caught_up_at:
+            if revision is None and latest is not None and (message.offset() or 0) + 1 >= caught_up_at:
                 return latest
     what = f"revision {revision} of run {run_id!r}" if revision is not None else f"run {run_id!r}"
     raise CompletionTimeout(f"no completion of {what} on {topic} within {timeout:g}s")
@@ -156,7 +156,7 @@ class CompletionLog:
                 for message in reader.messages(time.monotonic() + self._timeout * 3):
                     if message.key() == key and (completed := decode(message)) and completed.revision == revision:
                         return completed
-                    if message.offset() + 1 >= end:
+                    if (message.offset() or 0) + 1 >= end:
                         return None
             finally:
                 reader.unassign()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from streams.models import RunCompleted
+from streams.models import BatchCounts, EntityCounts, RunCompleted
 from streams.records import RunEvent
 
 Outcome = Literal["completed", "failed"]
@@ -192,10 +192,10 @@ class RunProgress:
         return RunCompleted(
             kind="run_completed", run_id=self.run_id, revision=revision,
             status="succeeded" if t.batches_failed == 0 else "failed",
-            batches={"total": self.batches_total or 0, "completed": t.batches_completed,
-                     "failed": t.batches_failed},
-            entities={"accepted": t.entities_accepted, "applied": t.applied, "no_changes": t.no_changes,
-                      "duplicates": t.duplicates, "errored": t.errored},
+            batches=BatchCounts(total=self.batches_total or 0, completed=t.batches_completed,
+                                failed=t.batches_failed),
+            entities=EntityCounts(accepted=t.entities_accepted, applied=t.applied, no_changes=t.no_changes,
+                                  duplicates=t.duplicates, errored=t.errored),
             sealed_at=_utc(self.sealed_at or at_ms), completed_at=_utc(at_ms),
         )
 

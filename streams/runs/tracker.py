@@ -178,7 +178,7 @@ class RunTracker:
                 await asyncio.sleep(delay(attempt))
         return False
 
-    async def _on_revoked(self, _sender: Any, _revoked: Any, **_kwargs: Any) -> None:
+    async def _on_revoked(self, _sender: Any, /, *_args: Any, **_kwargs: Any) -> None:
         # The event being counted finishes (its completion sent and recorded) before this worker
         # rejoins the group, so the next owner of its run never works on it at the same time.
         self._generation += 1
@@ -192,7 +192,7 @@ class RunTracker:
     async def handle(self, event: faust.types.EventT) -> None:
         message = event.message
         try:
-            run_event = RunEvent.decode(message.value)
+            run_event = RunEvent.decode(message.value or b"")
         except (orjson.JSONDecodeError, TypeError, ValueError):
             # Nothing in it can be counted; our agents never write such a record.
             metrics.RECORDS.labels(agent=AGENT, outcome="invalid").inc()
@@ -320,7 +320,7 @@ class RunTracker:
         ends: dict[Any, int | None] = {}
         for tp in list(self.positions.next):
             try:
-                ends[tp] = self.app.consumer.highwater(tp)
+                ends[tp] = self.app.consumer.highwater(TP(*tp))
             except Exception:  # noqa: BLE001 - not known (yet): nothing to compare
                 ends[tp] = None
         return ends

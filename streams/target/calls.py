@@ -32,7 +32,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from streams import metrics
 from streams.errors import TargetUnavailable
@@ -43,6 +43,7 @@ from streams.records import WorkItem
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Body = list[dict[str, Any]]
 Send = Callable[[Sequence[dict[str, Any]]], Awaitable[CallResult]]
@@ -86,7 +87,7 @@ class TargetCalls:
         bodies = split(items, self.sizer.size(), self.max_bytes)
         tally = _REQUESTS.set([0])
         try:
-            results = await _all(self._call(body) for body in bodies)
+            results = await _all([self._call(body) for body in bodies])
             requests = (_REQUESTS.get() or [0])[0]
         finally:
             _REQUESTS.reset(tally)
@@ -169,10 +170,10 @@ class TargetCalls:
         if all(_failed_whole(result) for result in results):
             probe = [self._rng.choice(body)]
             if _failed_whole(await self._send(probe)):
-                failure = Failure(results[0].request_failure.error_class,  # type: ignore[union-attr]
-                                  "target failed every request, a single entity included",
-                                  results[0].request_failure.http_status,  # type: ignore[union-attr]
-                                  request=RequestFault.UNAVAILABLE)
+                first = results[0].request_failure
+                assert first is not None  # _failed_whole checked it
+                failure = Failure(first.error_class, "target failed every request, a single entity included",
+                                  first.http_status, request=RequestFault.UNAVAILABLE)
                 self._unavailable(failure)
                 return list(whole([item["id"] for item in body], failure).outcomes)
         metrics.RECORDS.labels(agent="plan-apply", outcome="isolated").inc()
@@ -223,11 +224,11 @@ def _failed_whole(result: CallResult) -> bool:
     return failure is not None and failure.request in (RequestFault.BROKEN, RequestFault.UNAVAILABLE)
 
 
-async def _all(calls: Any) -> list[Any]:
+async def _all(calls: Sequence[Awaitable[T]]) -> list[T]:
     """Like asyncio.gather, but every call finishes before the first error is raised, so none
     is left running unobserved."""
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return results
+    return cast(list[T], results)

@@ -47,7 +47,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -469,7 +469,7 @@ def create_app(database_url: str, faults: Faults, *, pool_size: int = 8, token: 
     target = Target(TargetStore(database_url, pool_size=pool_size, statement_timeout=statement_timeout),
                     faults, token)
 
-    def admin(handler):  # type: ignore[no-untyped-def]
+    def admin(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             if not target.authorized(request):
                 return _error(403, "missing, unknown or expired bearer token")
