@@ -107,10 +107,13 @@ class Sweeper:
             self.passed = asyncio.Event()
 
     def _pause(self, failures: int) -> float:
-        base = self.settings.sweep_interval
-        if failures:
-            base = min(MAX_BACKOFF, base * 2 ** min(failures, 8))
-        return base * random.uniform(1 - JITTER, 1 + JITTER)
+        interval = self.settings.sweep_interval
+        jittered = random.uniform(1 - JITTER, 1 + JITTER)
+        if not failures:
+            return interval * jittered
+        # Back off after failures, never below the normal pause and never past the ceiling.
+        ceiling = max(MAX_BACKOFF, interval)
+        return min(ceiling, interval * 2.0 ** min(failures, 8) * jittered)
 
     async def sweep(self) -> SweepResult:
         """One pass: count the stuck rows (a metric), then send work for up to a batch per state."""
@@ -151,9 +154,11 @@ class Sweeper:
             items = tuple(WorkItem(r.id, r.object_type, r.entity) for r in members)
             errors = {r.id: r.last_error for r in members if r.last_error}
             attempt = max(r.attempts for r in members)
-            if state is State.FAILED and claim is not None:
-                # The dead letter again, under its own id: its rows hold that claim already.
-                record = WorkRecord(run_id, batch, items, attempt, errors=errors, id=claim)
+            if state is State.FAILED:
+                # The dead letter again, under its own id: its rows hold that claim already (a
+                # row without one, from before claims existed, is taken by any dead letter).
+                record = WorkRecord(run_id, batch, items, attempt, errors=errors,
+                                    id=claim or f"{run_id}/{batch}/{attempt}+s{uuid.uuid4().hex[:8]}")
                 made += [(part, (self.topics.dlq, _dead_headers(part, members, now_ms)))
                          for part in fit(record, work_record_budget(self.settings))]
                 continue

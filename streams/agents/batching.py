@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import faust
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from streams import metrics
 from streams.backoff import delay
@@ -74,7 +74,7 @@ MAX_BACKOFF = 30.0
 
 def is_too_large(error: BaseException) -> bool:
     """A record the broker or the producer refuses for its size: permanent for that record."""
-    return isinstance(error, MessageSizeTooLargeError)
+    return isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError | RecordTooLargeError)
 
 
 def is_infrastructure(error: BaseException) -> bool:

@@ -58,7 +58,8 @@ def bounded(value: bytes | None, limit: int) -> tuple[bytes, list[tuple[str, byt
     value = value or b""
     if len(value) <= limit:
         return value, []
-    return value[:EXCERPT_BYTES], [(EXCERPT_OF, str(len(value)).encode())]
+    # An excerpt is always shorter than the record and than the limit, so the header never lies.
+    return value[:min(EXCERPT_BYTES, limit)], [(EXCERPT_OF, str(len(value)).encode())]
 
 
 def failure_headers(

@@ -12,13 +12,13 @@ from streams.dlq.plan import Destination
 from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import topic_names, topology
 from streams.pipeline.outcomes import State
 from streams.records import WorkRecord
 from streams.runs.completions import wait_for_completion
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.kafka.topics import topic_names, topology
 from tests.helpers import consume_all, rows, send_run, state_counts, wait_for
 from tests.integration.conftest import Workers
 

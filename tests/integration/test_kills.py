@@ -17,12 +17,12 @@ import pytest
 from streams.client.generate import generate_entities
 from streams.client.producer import IngestProducer
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import topology
 from streams.pipeline.outcomes import State
 from streams.runs.completions import read_completions, wait_for_completion
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.kafka.topics import topology
 from tests.helpers import state_counts
 from tests.integration.conftest import Workers
 

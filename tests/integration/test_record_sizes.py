@@ -13,13 +13,13 @@ import pytest
 
 from streams.kafka import headers
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import topic_names, topology
 from streams.pipeline.outcomes import State
 from streams.records import WorkRecord
 from streams.runs.completions import wait_for_completion
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.kafka.topics import topic_names, topology
 from tests.helpers import consume_all, produce_raw, settled, state_counts, wait_for
 from tests.integration.conftest import Workers
 

@@ -26,15 +26,14 @@ from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka.admin import create_topics
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import Role, TopicSpec, topic_names
 from streams.models import RunCompleted
 from streams.records import RunEvent, WorkItem, WorkRecord, batch_accepted, entities_settled, sealed
 from streams.runs.completions import encode, partition_for, read_completions, wait_for_completion
 from streams.runs.progress import BatchState, RunProgress
-
 from streams.settings import Settings, to_env
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.kafka.topics import Role, TopicSpec, topic_names
 from tests.helpers import committed, end_offsets, rows, wait_for
 
 pytestmark = pytest.mark.integration

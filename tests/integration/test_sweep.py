@@ -6,7 +6,7 @@ a worker; the lost records are simulated by writing rows whose record was never 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -17,18 +17,18 @@ from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka import headers as h
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import topic_names
 from streams.pipeline.hashing import entity_hash
 from streams.pipeline.outcomes import State
 from streams.records import WorkItem, WorkRecord
 from streams.settings import Settings
 from streams.target.launch import TargetProcess
-from streams.kafka.topics import topic_names
 from tests.helpers import rows, state_counts, wait_for
 from tests.integration.conftest import Workers
 
 pytestmark = pytest.mark.integration
 
-LONG_AGO = datetime.now(timezone.utc) - timedelta(hours=1)
+LONG_AGO = datetime.now(UTC) - timedelta(hours=1)
 
 
 def stuck(settings: Settings, run_id: str, state: State, count: int, *, claimed_by: str | None = None,

@@ -22,9 +22,9 @@ from streams.dlq.select import (
     summarize,
 )
 from streams.kafka import headers as h
+from streams.kafka.topics import topic_names
 from streams.records import RunEvent, WorkItem, WorkRecord
 from streams.settings import Settings
-from streams.kafka.topics import topic_names
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

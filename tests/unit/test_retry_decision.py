@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from streams.pipeline.outcomes import ErrorClass
-from streams.pipeline.retry import SendToDlq, RetryAt, decide
+from streams.pipeline.retry import RetryAt, SendToDlq, decide
 
 TIERS = (30.0, 300.0, 3600.0)
 NOW = 1_000_000

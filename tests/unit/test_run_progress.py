@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -16,6 +16,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from jsonschema import Draft202012Validator
 
 from streams.cli.runs import run_state
+from streams.db.runs_store import RunRow
+from streams.kafka.positions import RESEEK_AFTER, Positions, Verdict
 from streams.records import (
     RunEvent,
     WorkItem,
@@ -27,9 +29,7 @@ from streams.records import (
     sealed,
 )
 from streams.runs.completions import partition_for
-from streams.kafka.positions import RESEEK_AFTER, Positions, Verdict
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, recount
-from streams.db.runs_store import RunRow
 
 RUN = "run-1"
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "run-completed.schema.json"
@@ -296,7 +296,7 @@ def test_completions_are_partitioned_like_faust_and_the_java_client() -> None:
 
 
 def _row(**changes: object) -> RunRow:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     base = RunRow(RUN, 0, 10, 10, 4, 0, 50, 20, 0, 0, 0, 0, now, now, None, now, None)
     return replace(base, **changes)  # type: ignore[arg-type]
 
