@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 from streams import metrics
 from streams.backoff import delay
 from streams.errors import DatabaseUnavailable, TargetUnavailable
+from streams.gates import GATES, GateName
 from streams.kafka.checkpoint import Ack, Checkpoint, Watermarks
 from streams.kafka.positions import PartitionGuard
 
@@ -75,6 +76,22 @@ MAX_BACKOFF = 30.0
 def is_too_large(error: BaseException) -> bool:
     """A record the broker or the producer refuses for its size: permanent for that record."""
     return isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError | RecordTooLargeError)
+
+
+def wait_gate(error: BaseException) -> GateName:
+    """The gate an agent holds while it waits out `error` (see streams.gates)."""
+    if isinstance(error, DatabaseUnavailable):
+        return GateName.DATABASE_UNAVAILABLE
+    if isinstance(error, TargetUnavailable):
+        return GateName.TARGET_UNAVAILABLE
+    if isinstance(error, KafkaError | ConnectionError | TimeoutError):
+        # Postgres and target errors arrive translated (above): a bare one is the broker's.
+        return GateName.KAFKA_UNAVAILABLE
+    return GateName.BATCH_FAILING
+
+
+_WAIT_GATES = (GateName.DATABASE_UNAVAILABLE, GateName.TARGET_UNAVAILABLE, GateName.KAFKA_UNAVAILABLE,
+               GateName.BATCH_FAILING)
 
 
 def is_infrastructure(error: BaseException) -> bool:
@@ -190,11 +207,14 @@ class GuardedBatches:
     async def _attempt(self, batch: list[Any], tries: int, out: Checkpoint) -> BaseException | None:
         """Run the handler until it succeeds (None) or fails `tries` times (the last error)."""
         failures = 0
+        gated = False
         while True:
             try:
                 async with out.attempt():
                     await self.handler(batch, out)
                     await out.flush()  # a record the broker cannot take fails the attempt, not the ack
+                if failures or gated:
+                    GATES.release_scope(self.name, *_WAIT_GATES)
                 return None
             except asyncio.CancelledError:
                 raise
@@ -212,7 +232,10 @@ class GuardedBatches:
                     exc_info=not infra,
                 )
                 if not infra and failures >= tries:
+                    GATES.release(GateName.BATCH_FAILING, self.name)
                     return exc
+                GATES.hold(wait_gate(exc), self.name, f"{type(exc).__name__}: {str(exc)[:200]}")
+                gated = True
                 # An open breaker says how long to wait; otherwise back off with jitter.
                 wait = getattr(exc, "retry_in", None)
                 await asyncio.sleep(max(wait, 0.5) if wait else delay(failures if not infra else 3))

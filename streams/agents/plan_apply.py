@@ -126,7 +126,9 @@ class PlanApplyAgent:
         if items:
             # TargetUnavailable leaves the rows APPLYING under this claim; the record waits and
             # takes them back when the target is up.
-            applied = await self.calls.apply(items)
+            # Entities that already failed on their own (a retry record's) cannot prove an outage.
+            suspects = frozenset(work.errors) if record.from_tier else frozenset()
+            applied = await self.calls.apply(items, suspects=suspects)
             requests = applied.requests
             await self._settle(record, work, items, applied.outcomes, step)
         self._report_earlier(record, work, claim.routed, step)

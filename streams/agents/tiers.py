@@ -29,6 +29,7 @@ import mode
 from streams import metrics
 from streams.agents.batching import GuardedBatches
 from streams.agents.plan_apply import Incoming, PlanApplyAgent
+from streams.gates import GATES, GateName
 from streams.kafka import headers
 from streams.kafka.checkpoint import Watermarks
 from streams.kafka.pausing import TP, PausingConsumer, Rebalance, Received
@@ -80,6 +81,7 @@ class TierScheduler:
         self.tier_of = {name: tier for tier, name in enumerate(topics)}
         self.guard = GuardedBatches("retry", plan_apply.process, plan_apply.dead_letter,
                                     max_records=_RECORDS_PER_BATCH, within=0, describe=_describe)
+        self.assigned: set[TP] = set()  # for the worker's status report
         self._waiting: dict[TP, int] = {}  # paused until this epoch ms (0: resume at once)
         self._busy: set[TP] = set()
         self._generation: dict[TP, int] = {}
@@ -112,7 +114,12 @@ class TierScheduler:
             for tp in change.partitions:
                 self._generation[tp] = self._generation.get(tp, 0) + 1
                 self._waiting.pop(tp, None)
+                GATES.release(GateName.TIER_WAIT, _scope(tp))
                 self._busy.discard(tp)
+            if change.kind == "assign":
+                self.assigned |= set(change.partitions)
+            else:
+                self.assigned -= set(change.partitions)
             if change.kind == "assign" and change.partitions:
                 await consumer.resume(list(change.partitions))
             log.info("retry tiers rebalanced", extra={"change": change.kind, "partitions": len(change.partitions)})
@@ -136,6 +143,8 @@ class TierScheduler:
                 task.add_done_callback(self._tasks.discard)
             else:
                 self._waiting[tp] = next_due_ms
+                GATES.hold(GateName.TIER_WAIT, _scope(tp), "paused until its next record is due",
+                           until=next_due_ms / 1000)
 
     async def _process(self, consumer: PausingConsumer, tp: TP, records: list[Received], generation: int) -> None:
         now_ms = int(time.time() * 1000)
@@ -164,6 +173,11 @@ class TierScheduler:
             await consumer.resume(ready)
             for tp in ready:
                 del self._waiting[tp]
+                GATES.release(GateName.TIER_WAIT, _scope(tp))
+
+
+def _scope(tp: TP) -> str:
+    return f"{tp[0]}[{tp[1]}]"
 
 
 def tier_service(scheduler: TierScheduler) -> type[mode.Service]:

@@ -37,6 +37,7 @@ from typing import Any
 from faust.types import TP
 
 from streams import metrics
+from streams.gates import GATES, GateName
 from streams.kafka.reader import Reader
 from streams.settings import Settings
 
@@ -159,6 +160,7 @@ class PartitionGuard:
         held, self._held = self._held, set()
         self._last_admitted = time.monotonic()
         for tp in held:
+            GATES.release(GateName.OFFSETS_UNKNOWN, _scope(tp))
             if tp in known:
                 await self._read_again(tp, known[tp], "records held while the assignment was read")
 
@@ -168,6 +170,9 @@ class PartitionGuard:
         if tp in self._unguarded:
             return True
         if tp not in self.positions.next:
+            if tp not in self._held:
+                GATES.hold(GateName.OFFSETS_UNKNOWN, _scope(tp),
+                           f"{self.name}: records wait until the partition's committed offset is read")
             self._held.add(tp)  # its offsets are not known yet: read again once they are
             return False
         verdict = self.positions.check(tp, offset)
@@ -207,3 +212,7 @@ class PartitionGuard:
 def _tp(app: Any, partition: Partition) -> TP:
     """faust's TP for a (topic, partition) pair (a NamedTuple that compares equal to it)."""
     return TP(*partition)
+
+
+def _scope(tp: Any) -> str:
+    return f"{tp.topic}[{tp.partition}]"
