@@ -23,8 +23,13 @@ SELECT id, run_id, batch, object_type, entity, claimed_by, attempts, retry_tier,
 -- name: take_over
 -- Each row gets the claim of the record the sweep sends for it (QUEUED rows keep none: any
 -- record may claim them), and a fresh updated_at, so the next pass leaves them to that record.
-UPDATE ingestion_logs AS l
-   SET claimed_by = CASE WHEN l.state = 1 THEN NULL ELSE t.claim END, updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(claims)s::text[]) AS t(id, claim)
- WHERE l.id = t.id
-   AND l.id = ANY(%(ids)s::uuid[]);
+WITH taken AS (
+    UPDATE ingestion_logs AS l
+       SET claimed_by = CASE WHEN l.state = 1 THEN NULL ELSE t.claim END, updated_at = now()
+      FROM unnest(%(ids)s::uuid[], %(claims)s::text[]) AS t(id, claim)
+     WHERE l.id = t.id
+       AND l.id = ANY(%(ids)s::uuid[])
+    RETURNING l.id, l.state, l.attempts, t.claim
+)
+INSERT INTO entity_events (entity_id, step, state, attempt, work_id)
+SELECT id, 'swept', state, attempts, claim FROM taken;

@@ -92,6 +92,9 @@ async def _insert(conn: AsyncConnection, plan: ChunkPlan, new: list[HashedBatch]
     if plan.duplicate_counts:
         ids, counts = zip(*plan.duplicate_counts.items(), strict=True)
         await conn.execute(Q["count_duplicates"], {"ids": list(ids), "counts": list(counts)})
+        await conn.execute(Q["log_duplicates"], {"ids": [d[0] for d in plan.duplicates],
+                                                 "run_ids": [d[1] for d in plan.duplicates],
+                                                 "batches": [d[2] for d in plan.duplicates]})
     if new:
         keys = list(plan.batch_counts)
         await conn.execute(Q["set_batch_counts"], {
