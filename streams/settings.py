@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     # --- worker process -------------------------------------------------------------------
     worker_port: int = Field(6066, ge=0, le=65535, description="Metrics and health endpoint port (0: none).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines: `text` (readable, coloured) or `json`; `auto`: text on a terminal.")
+    status_interval: Duration = Field(5.0, description="How often a worker publishes its state for `streams status`.")
     stall_after: Duration = Field(600.0, description="`streams runs` flags a run with no progress for this long.")
 
     # --- local services (`streams dev`) ---------------------------------------------------

@@ -26,6 +26,7 @@ from streams.pipeline.breaker import Breaker
 from streams.resources import Resources, closing_service
 from streams.runs.tracker import register_tracker
 from streams.settings import Settings
+from streams.status.publisher import StatusPublisher, status_service
 from streams.sweep import Sweeper, SweepTopics, sweep_service
 
 # Ingest records carry up to 1000 entities each: 20 records make one COPY of up to 20k rows.
@@ -80,7 +81,8 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
             await apply_batches.run(stream)
 
         # The retry tiers run the same plan-apply code when records are due (own consumer group).
-        app.service(tier_service(TierScheduler(settings, names.retry, plan_apply)))
+        tiers = TierScheduler(settings, names.retry, plan_apply)
+        app.service(tier_service(tiers))
 
         dead_letters = DeadLetterAgent(DeadLetterTopics(run_events=run_events), resources)
         dead_letter_batches = GuardedBatches("dead-letters", dead_letters.handle, dead_letters.dead_letter,
@@ -96,6 +98,12 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
         app.service(sweep_service(Sweeper(app, settings, sweep_topics, resources)))
 
     register_tracker(app, settings, resources, topic)
+
+    # What only this worker knows (its gates, its partitions), for `streams status`.
+    status_topic = app.topic(names.worker_status, key_serializer="raw", value_serializer="raw",
+                             partitions=settings.partitions)
+    tier_partitions = (lambda: set(tiers.assigned)) if plan_apply_enabled else None
+    app.service(status_service(StatusPublisher(app, settings, status_topic, tier_partitions)))
 
     if settings.worker_port:
         serve_asgi(app, health_app(resources), port=settings.worker_port)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from streams import logs
-from streams.cli import bench, db, demo, dev, dlq, produce, runs, target, topics, worker
+from streams.cli import bench, db, demo, dev, dlq, produce, runs, status, target, topics, trace, worker
 from streams.cli.context import Context, option, run_guarded
 from streams.settings import Settings, env_name
 
@@ -53,7 +53,7 @@ def root(
     context = Context(overrides={key: value for key, value in given.items() if value is not None})
     ctx.obj = context
     settings = run_guarded(context.settings)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, fmt=settings.log_format)
 
 
 def register() -> typer.Typer:
@@ -65,6 +65,8 @@ def register() -> typer.Typer:
     app.command("target")(target.target)
     app.command("produce")(produce.produce)
     app.command("runs")(runs.runs)
+    app.command("status")(status.status)
+    app.command("trace")(trace.trace)
     app.command("demo")(demo.demo)
     app.command("bench")(bench.bench_command)
     return app

@@ -28,6 +28,7 @@ class Role(str, Enum):
     RUN_EVENTS = "run-events"
     COMPLETIONS = "completions"
     CHANGELOG = "changelog"
+    STATUS = "status"
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,11 @@ class TopicNames:
     completions: str
     run_progress_changelog: str
     run_batches_changelog: str
+    worker_status: str
 
     def all(self) -> tuple[str, ...]:
         return (self.ingest, self.work, *self.retry, self.dlq, self.run_events, self.completions,
-                self.run_progress_changelog, self.run_batches_changelog)
+                self.run_progress_changelog, self.run_batches_changelog, self.worker_status)
 
 
 def topic_names(settings: Settings) -> TopicNames:
@@ -67,6 +69,7 @@ def topic_names(settings: Settings) -> TopicNames:
         completions=f"{prefix}ingest.completions",
         run_progress_changelog=f"{prefix}ingest.run-progress-changelog",
         run_batches_changelog=f"{prefix}ingest.run-batches-changelog",
+        worker_status=f"{prefix}ingest.worker-status",
     )
     for name in names.all():
         if not _KAFKA_NAME_RE.match(name) or name in (".", ".."):
@@ -102,5 +105,9 @@ def topology(settings: Settings) -> list[TopicSpec]:
         # (run_progress) and per batch (run_batches).
         spec(names.run_progress_changelog, Role.CHANGELOG, cleanup_policy="compact"),
         spec(names.run_batches_changelog, Role.CHANGELOG, cleanup_policy="compact"),
+        # What each worker alone knows (its gates, its assignment), for `streams status`: one
+        # record per worker, the latest kept; a worker gone for a day is forgotten.
+        spec(names.worker_status, Role.STATUS, cleanup_policy="compact,delete", retention_ms=str(DAY_MS),
+             segment_ms=str(DAY_MS // 24)),
     ]
     return specs
