@@ -5,7 +5,7 @@ VENV   := .venv
 PYTHON ?= python3
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-cache
+.PHONY: demo test check install clean-cache
 
 install: $(STAMP)
 
@@ -19,6 +19,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Static checks (CI runs them before the tests): lint everything, type-check the product code.
+check: $(STAMP)
+	$(VENV)/bin/ruff check streams topologies tests
+	$(VENV)/bin/mypy streams topologies
 
 clean-cache:
 	rm -rf .cache

@@ -36,10 +36,10 @@ from streams.db.queries import named
 from streams.dev.workers import start_worker, stop_worker
 from streams.kafka.admin import create_topics
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import Role, TopicSpec, topology
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import start_target
-from streams.topics import Role, TopicSpec, topology
 
 Step = Callable[[str], None]
 
@@ -77,7 +77,7 @@ def prepare(settings: Settings, name: str) -> Settings:
 
 def _scalar(settings: Settings, query: str) -> Any:
     with psycopg.connect(conninfo(settings), connect_timeout=10) as conn:
-        row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+        row = conn.execute(query).fetchone()
     return row[0] if row else None
 
 
@@ -94,7 +94,8 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, alive: Callable[
 
 def _send(settings: Settings, count: int, *, duplicate_ratio: float, seed: int) -> int:
     with IngestProducer(settings) as producer:
-        summary = producer.send_run(f"bench-{seed}", generate_entities(count, seed=seed, duplicate_ratio=duplicate_ratio),
+        entities = generate_entities(count, seed=seed, duplicate_ratio=duplicate_ratio)
+        summary = producer.send_run(f"bench-{seed}", entities,
                                     batch_size=1000)
     return summary.batches
 

@@ -6,6 +6,8 @@
     ├── MigrationError         a migration file is malformed or failed to apply
     ├── TopicError             a topic could not be created or does not match its definition
     ├── TargetUnavailable      the target is down (breaker open) or refuses our credentials
+    ├── DatabaseUnavailable    Postgres cannot be reached or could not serve a statement now
+    ├── DatabaseRejected       Postgres refuses what a record holds (a value it cannot store)
     └── RecordError            an ingest record is unusable; carries an error class
         └── InvalidRecord      not JSON, fails the schema, or too large (error class `invalid`)
 
@@ -42,6 +44,16 @@ class TargetUnavailable(StreamsError):
     def __init__(self, reason: str, retry_in: float) -> None:
         super().__init__(reason)
         self.retry_in = retry_in
+
+
+class DatabaseUnavailable(StreamsError):
+    """Postgres is down, restarting, out of connections, or gave up on a statement (deadlock,
+    serialization, timeout): nothing about the record; the same work succeeds later."""
+
+
+class DatabaseRejected(StreamsError):
+    """Postgres refuses a value of the record (a NUL in a string, a number out of range): the
+    same work fails again, so the record is dead-lettered."""
 
 
 class RecordError(StreamsError):

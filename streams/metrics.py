@@ -26,3 +26,9 @@ RETRY_LATENESS = Histogram(
     "streams_retry_lateness_seconds", "How long after its due time a retry record was processed, by tier.",
     ["tier"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
+SWEEP_PASSES = Counter("streams_sweep_passes_total", "Passes of the leader's sweep, by outcome.", ["outcome"])
+ROWS_STUCK = Gauge("streams_rows_stuck", "Rows the last sweep pass found stuck, by state.", ["state"])
+ROWS_SWEPT = Counter("streams_rows_swept_total", "Rows the sweep sent work for again, by state.", ["state"])
+GATES_OPEN = Gauge("streams_gates_open", "Gates holding work back now, by gate (see streams.gates).", ["gate"])
+GATE_SINCE = Gauge("streams_gate_open_since_seconds",
+                   "Epoch seconds the oldest open gate of a kind opened at (0: none).", ["gate"])

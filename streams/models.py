@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -113,7 +113,7 @@ class Seal(_Strict):
     producer: Producer | None = None
 
 
-IngestRecord = Annotated[Union[IngestBatch, Seal], Field(discriminator="kind")]
+IngestRecord = Annotated[IngestBatch | Seal, Field(discriminator="kind")]
 _INGEST_RECORD: TypeAdapter[IngestBatch | Seal] = TypeAdapter(IngestRecord)
 
 

@@ -1,28 +1,39 @@
-"""Locating the repository's `sql/` and `schemas/` folders, in a checkout or an installed wheel.
-
-In a checkout they sit beside the package; a wheel carries copies inside the package
-(pyproject's force-include), so the same code finds them either way.
-"""
+"""What a worker holds open: the Postgres seam and the target client, made on first use inside
+faust's event loop and closed when the worker stops."""
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
+import mode
 
-_PACKAGE = Path(__file__).resolve().parent
-
-
-@cache
-def folder(name: str) -> Path:
-    for candidate in (_PACKAGE / name, _PACKAGE.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"the {name}/ folder is missing from this installation")
+from streams.db.database import Database
+from streams.settings import Settings
+from streams.target.client import TargetClient
 
 
-def sql_dir() -> Path:
-    return folder("sql")
+class Resources:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = Database(settings)
+        self._target: TargetClient | None = None
+
+    def target(self) -> TargetClient:
+        """Made on first use: a topology without plan-apply needs no target URL."""
+        if self._target is None:
+            self._target = TargetClient(self.settings)
+        return self._target
+
+    async def close(self) -> None:
+        await self.db.close()
+        if self._target is not None:
+            await self._target.aclose()
+            self._target = None
 
 
-def schemas_dir() -> Path:
-    return folder("schemas")
+def closing_service(resources: Resources) -> type[mode.Service]:
+    """A mode service that closes `resources` when the faust app stops."""
+
+    class CloseResources(mode.Service):
+        async def on_stop(self) -> None:
+            await resources.close()
+
+    return CloseResources

@@ -7,6 +7,7 @@ print it and exit non-zero before anything connects anywhere.
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -28,7 +29,7 @@ from streams.errors import SettingsError
 ENV_PREFIX = "STREAMS_"
 
 # Kafka's own limit for topic names is 249 characters of [a-zA-Z0-9._-]; the prefix must leave
-# room for the longest topic name the topology derives from it (see streams.topics).
+# room for the longest topic name the topology derives from it (see streams.kafka.topics).
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _HOSTPORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
@@ -54,7 +55,7 @@ def _parse_tiers(value: object) -> object:
     if not isinstance(value, (list, tuple)) or not value:
         raise ValueError("expected a comma-separated list of durations such as 30s,5m,1h")
     tiers = tuple(parse_duration(item) for item in value)
-    if any(later <= earlier for earlier, later in zip(tiers, tiers[1:], strict=False)):
+    if any(later <= earlier for earlier, later in itertools.pairwise(tiers)):
         raise ValueError("tier delays must grow strictly from one tier to the next")
     names = [format_duration(t) for t in tiers]
     if len(set(names)) != len(names):
@@ -110,7 +111,8 @@ class Settings(BaseSettings):
     target_scope: str = Field("netbox:read netbox:write", description="OAuth2 scope asked for with each token.")
     target_timeout: Duration = Field(60.0, description="Timeout of one bulk-plan-apply call.")
     target_request_seconds: Duration = Field(
-        4.0, description="Requests are sized from measured latency to take about this long (at most STREAMS_BATCH_SIZE)."
+        4.0,
+        description="Requests are sized from measured latency to take about this long (at most STREAMS_BATCH_SIZE).",
     )
     target_max_request_bytes: PositiveInt = Field(
         2_000_000, ge=10_000, description="Largest request body; NetBox refuses bodies over 2.5 MiB."
@@ -130,10 +132,27 @@ class Settings(BaseSettings):
     breaker_cooldown: Duration = Field(10.0, description="First pause of an open breaker before it probes.")
     breaker_max_cooldown: Duration = Field(300.0, description="Longest pause between probes of a down target.")
     max_poll_interval: Duration = Field(300.0, description="Kafka max.poll.interval.ms of the retry-tier consumer.")
+    session_timeout: Duration = Field(
+        15.0, ge=6.0, le=300.0,
+        description="How soon the group gives a silent worker's partitions to the others (Kafka's minimum is 6 s).",
+    )
+    instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Static group membership (group.instance.id): a worker restarted under the same id gets its "
+                    "partitions back at once, without a rebalance. One per worker, stable across restarts.",
+    )
+    sweep_interval: Duration = Field(60.0, description="How often the leader looks for stuck rows (±20% jitter).")
+    sweep_after: Duration = Field(
+        600.0, description="A row QUEUED, APPLYING or FAILED this long (PENDING_RETRY: this long past due) is stuck."
+    )
+    sweep_batch: PositiveInt = Field(1000, le=100_000, description="Most rows the sweep takes over per state and pass.")
 
     # --- worker process -------------------------------------------------------------------
     worker_port: int = Field(6066, ge=0, le=65535, description="Metrics and health endpoint port (0: none).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="Log lines: `text` (readable, coloured) or `json`; `auto`: text on a terminal.")
+    status_interval: Duration = Field(5.0, description="How often a worker publishes its state for `streams status`.")
     stall_after: Duration = Field(600.0, description="`streams runs` flags a run with no progress for this long.")
 
     # --- local services (`streams dev`) ---------------------------------------------------
@@ -147,7 +166,8 @@ class Settings(BaseSettings):
         None, description="Python >= 3.12 for the NetBox virtualenv; default: the first one found on this machine."
     )
     netbox_cache: Path | None = Field(
-        None, description="Per-user cache of the NetBox virtualenv and migrated template; default ~/.cache/streams/netbox."
+        None,
+        description="Per-user cache of the NetBox virtualenv and migrated template; default ~/.cache/streams/netbox.",
     )
 
     @field_validator("topic_prefix")

@@ -26,8 +26,8 @@ from streams.db.migrate import migrate
 from streams.dev import kafka_broker, postgres_server
 from streams.dev.processes import stop_pid
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import topology
 from streams.settings import Settings
-from streams.topics import topology
 
 TEMPLATE_DB = "streams_test_template"
 

@@ -11,7 +11,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.client.producer import IngestProducer
-from streams.kafka.config import confluent_config
+from streams.kafka.config import confluent_config, max_message_bytes
 from streams.pipeline.outcomes import State
 from streams.settings import Settings
 
@@ -43,7 +43,7 @@ def rows(settings: Settings, query: str, params: Any = None) -> list[tuple[Any, 
 
 def state_counts(settings: Settings, run_id: str | None = None) -> dict[int, int]:
     where, params = ("WHERE run_id = %s", (run_id,)) if run_id else ("", None)
-    return dict(rows(settings, f"SELECT state, count(*) FROM ingestion_logs {where} GROUP BY state", params))
+    return dict(rows(settings, f"SELECT state, count(*) FROM ingestion_logs {where} GROUP BY state", params))  # noqa: S608 - a fixed clause
 
 
 def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float = 60.0) -> list[Any]:
@@ -65,7 +65,8 @@ def consume_all(settings: Settings, topic: str, *, expect: int, timeout: float =
 
 
 def produce_raw(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = Producer(confluent_config(settings, **{"enable.idempotence": True, "acks": "all"}))
+    producer = Producer(confluent_config(settings, **{"enable.idempotence": True, "acks": "all",
+                                                      "message.max.bytes": max_message_bytes(settings)}))
     for key, value in records:
         producer.produce(topic, key=key, value=value)
     assert producer.flush(30) == 0

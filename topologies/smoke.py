@@ -26,7 +26,7 @@ def build(settings: Settings) -> faust.App:
 
     @app.agent(source, name="smoke-copy")
     async def copy(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(500, within=0.5):
+        async for events in stream.take_events(500, within=0.5):  # type: ignore[attr-defined]  # stubs lag
             for event in events:
                 await sink.send(key=event.key, value=event.value)
 
@@ -60,7 +60,7 @@ def check(settings: Settings, count: int = 1000, timeout: float = 60.0,
         while len(seen) < count and time.monotonic() < deadline and alive():
             for message in consumer.consume(1000, timeout=0.5):
                 if message.error() is None:
-                    seen.add(message.value())
+                    seen.add(message.value() or b"")
     finally:
         consumer.close()
 

@@ -14,40 +14,60 @@ UPDATE ingestion_logs
 RETURNING id, attempts;
 
 -- name: routed_by_claim
--- Rows this work record already dealt with in an earlier delivery: settled or dead-lettered
--- under its own claim, or routed to its retry record. They are reported (and their retry or
--- dead-letter records sent) again, never applied again.
-SELECT id, state, retry_tier, (extract(epoch FROM next_attempt_at) * 1000)::int8, last_error
+-- Rows this work record already dealt with in an earlier delivery: settled under its own claim,
+-- or routed by it to a retry record or a dead letter (whose ids they hold in claimed_by). They
+-- are reported (and their retry and dead-letter records sent) again, never applied again.
+SELECT id, state, claimed_by, retry_tier, (extract(epoch FROM next_attempt_at) * 1000)::int8, last_error
   FROM ingestion_logs
  WHERE id = ANY(%(ids)b::uuid[])
-   AND ((claimed_by = %(work_id)b AND state IN (3, 4, 5, 6, 7))
-        OR (claimed_by = %(next_work_id)b AND state = 9));
+   AND ((claimed_by = %(work_id)b AND state IN (3, 5, 6, 7))
+        OR (routed_by = %(work_id)b AND state IN (4, 7, 9)));
 
 -- name: record_outcomes
-UPDATE ingestion_logs AS l
-   SET state = o.state, last_error = o.error, next_attempt_at = NULL, updated_at = now()
-  FROM unnest(%(ids)b::uuid[], %(states)b::int2[], %(errors)b::jsonb[]) AS o(id, state, error)
- WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
-   -- Without this the planner may filter the whole table on claimed_by and join afterwards:
-   -- one scan per work record, quadratic in the table size. The id list keeps it on the key.
-   AND l.id = ANY(%(ids)b::uuid[]);
+-- Each step also goes to the entity's history (0007_entity_events.sql), in the same statement.
+WITH settled AS (
+    UPDATE ingestion_logs AS l
+       SET state = o.state, last_error = o.error, next_attempt_at = NULL, updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(states)b::int2[], %(errors)b::jsonb[]) AS o(id, state, error)
+     WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
+       -- Without this the planner may filter the whole table on claimed_by and join afterwards:
+       -- one scan per work record, quadratic in the table size. The id list keeps it on the key.
+       AND l.id = ANY(%(ids)b::uuid[])
+    RETURNING l.id, l.state, l.attempts, l.retry_tier, o.error
+)
+INSERT INTO entity_events (entity_id, step, state, attempt, tier, work_id, error)
+SELECT id, 'outcome', state, attempts, retry_tier, %(work_id)b, error FROM settled;
 
 -- name: route_to_retry
--- Claimed by the retry record's work id, so only that record can take them, at their due time.
-UPDATE ingestion_logs AS l
-   SET state = 9, claimed_by = %(next_work_id)b, retry_tier = %(tier)b,
-       next_attempt_at = to_timestamp(%(due_at_ms)b::int8 / 1000.0), last_error = o.error, updated_at = now()
-  FROM unnest(%(ids)b::uuid[], %(errors)b::jsonb[]) AS o(id, error)
- WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
-   AND l.id = ANY(%(ids)b::uuid[]);
+-- Claimed by the retry record, so only that record can take them, at their due time.
+WITH routed AS (
+    UPDATE ingestion_logs AS l
+       SET state = 9, claimed_by = %(child_id)b, routed_by = %(work_id)b, retry_tier = %(tier)b,
+           next_attempt_at = to_timestamp(%(due_at_ms)b::int8 / 1000.0), last_error = o.error, updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(errors)b::jsonb[]) AS o(id, error)
+     WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
+       AND l.id = ANY(%(ids)b::uuid[])
+    RETURNING l.id, l.attempts, l.next_attempt_at, o.error
+)
+INSERT INTO entity_events (entity_id, step, state, attempt, tier, work_id, error, detail)
+SELECT id, 'retry', 9, attempts, %(tier)b, %(work_id)b, error,
+       jsonb_build_object('to', %(child_id)b::text, 'due_at', next_attempt_at)
+  FROM routed;
 
 -- name: route_to_dlq
--- FAILED until the dead-letter agent reads the record and makes them ERRORED.
-UPDATE ingestion_logs AS l
-   SET state = 4, last_error = o.error, next_attempt_at = NULL, updated_at = now()
-  FROM unnest(%(ids)b::uuid[], %(errors)b::jsonb[]) AS o(id, error)
- WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
-   AND l.id = ANY(%(ids)b::uuid[]);
+-- FAILED, claimed by the dead letter, until the dead-letter agent reads it and makes them ERRORED.
+WITH routed AS (
+    UPDATE ingestion_logs AS l
+       SET state = 4, claimed_by = %(child_id)b, routed_by = %(work_id)b, last_error = o.error,
+           next_attempt_at = NULL, updated_at = now()
+      FROM unnest(%(ids)b::uuid[], %(errors)b::jsonb[]) AS o(id, error)
+     WHERE l.id = o.id AND l.claimed_by = %(work_id)b AND l.state = 8
+       AND l.id = ANY(%(ids)b::uuid[])
+    RETURNING l.id, l.attempts, o.error
+)
+INSERT INTO entity_events (entity_id, step, state, attempt, work_id, error, detail)
+SELECT id, 'dead_letter', 4, attempts, %(work_id)b, error, jsonb_build_object('to', %(child_id)b::text)
+  FROM routed;
 
 -- name: insert_change_sets
 -- One per answered attempt, also with an apply error (what was planned). A target that

@@ -22,15 +22,22 @@ SELECT id FROM ingestion_logs WHERE id = ANY(%(ids)b::uuid[]) AND state = 7;
 -- name: requeue_rows
 -- ERRORED rows only: a row another replay requeued, or one applied since, stays as it is.
 -- `fresh` (destination ingest.work) starts the attempt count again, as the record's attempt 1.
-UPDATE ingestion_logs
-   SET state = 1,
-       requeued_from_state = 7,
-       attempts = CASE WHEN %(fresh)b THEN 0 ELSE attempts END,
-       next_attempt_at = NULL,
-       claimed_by = NULL,
-       updated_at = now()
- WHERE id = ANY(%(ids)b::uuid[]) AND state = 7
-RETURNING id;
+WITH requeued AS (
+    UPDATE ingestion_logs
+       SET state = 1,
+           requeued_from_state = 7,
+           attempts = CASE WHEN %(fresh)b THEN 0 ELSE attempts END,
+           next_attempt_at = NULL,
+           claimed_by = NULL,
+           updated_at = now()
+     WHERE id = ANY(%(ids)b::uuid[]) AND state = 7
+    RETURNING id, attempts
+), logged AS (
+    INSERT INTO entity_events (entity_id, step, state, attempt, detail)
+    SELECT id, 'requeued', 1, attempts, jsonb_build_object('replay_id', %(replay_id)b::text, 'fresh', %(fresh)b)
+      FROM requeued
+)
+SELECT id FROM requeued;
 
 -- name: insert_marker
 INSERT INTO dlq_replay_records (dlq_topic, dlq_partition, dlq_offset, replay_id, destination, entity_ids)

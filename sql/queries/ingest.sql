@@ -27,6 +27,12 @@ UPDATE ingestion_logs AS l
  WHERE l.id = d.id
    AND l.id = ANY(%(ids)b::uuid[]);  -- keeps the plan on the primary key (see apply.sql)
 
+-- name: log_duplicates
+-- Each duplicate in the history of the row it duplicates (0007_entity_events.sql).
+INSERT INTO entity_events (entity_id, step, detail)
+SELECT id, 'duplicate', jsonb_build_object('run_id', run_id, 'batch', batch)
+  FROM unnest(%(ids)b::uuid[], %(run_ids)b::text[], %(batches)b::int4[]) AS d(id, run_id, batch);
+
 -- name: copy_new_rows
 COPY ingestion_logs (id, request_id, run_id, batch, object_type, entity, entity_hash,
                      source_topic, source_partition, source_offset)

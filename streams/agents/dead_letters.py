@@ -8,23 +8,19 @@ never became rows (invalid input): those are only kept for `streams dlq` to list
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faust
 import orjson
-from psycopg.types.json import Jsonb
 
 from streams import metrics
-from streams.agents.resources import Resources
-from streams.db.queries import named
-from streams.kafka.outbox import Outbox
+from streams.db.dead_letter_store import DeadLetterStore
+from streams.kafka.checkpoint import Checkpoint
 from streams.records import WorkRecord, entities_errored
+from streams.resources import Resources
 
 log = logging.getLogger(__name__)
-Q = named("dead_letters")
-COMMON = named("common")
 
 
 @dataclass(frozen=True)
@@ -35,37 +31,26 @@ class DeadLetterTopics:
 class DeadLetterAgent:
     def __init__(self, topics: DeadLetterTopics, resources: Resources) -> None:
         self.topics = topics
-        self.resources = resources
+        self.store = DeadLetterStore(resources.db)
 
-    async def handle(self, events: Sequence[faust.types.EventT]) -> None:
+    async def handle(self, events: Sequence[faust.types.EventT], out: Checkpoint) -> None:
         dead = [(event, work) for event in events if (work := _work_record(event.message.value)) is not None]
         if not dead:
             return
-        pool = await self.resources.pool()
-        async with pool.connection() as conn, conn.transaction():
-            await conn.execute(COMMON["prefer_hash_joins"])
-            for _, work in dead:
-                ids = [item.id for item in work.items]
-                await conn.execute(Q["mark_errored"], {
-                    "ids": [uuid.UUID(i) for i in ids],
-                    "errors": [Jsonb(work.errors[i]) if i in work.errors else None for i in ids]})
-        outbox = Outbox()
-        for event, work in dead:
+        errored = await self.store.mark_errored([work for _, work in dead])
+        for (event, work), count in zip(dead, errored, strict=True):
             message = event.message
-            # The count is the record's, not the rows updated now, so a redelivery reports the
-            # same event (same id) and the tracker counts it once.
-            run_event = entities_errored(work.run_id, work.batch, partition=message.partition,
-                                         offset=message.offset, errored=len(work.items))
-            await outbox.send(self.topics.run_events, key=work.run_id.encode(), value=run_event.encode())
-            metrics.ENTITIES.labels(outcome="errored").inc(len(work.items))
+            run_event = entities_errored(work.run_id, work.batch, work_id=work.work_id, errored=count)
+            await out.send(self.topics.run_events, key=work.run_id.encode(), value=run_event.encode())
+            metrics.ENTITIES.labels(outcome="errored").inc(count)
             log.info("dead letters marked errored", extra={
-                "run": work.run_id, "batch": work.batch, "entities": len(work.items),
+                "run": work.run_id, "batch": work.batch, "entities": count, "work_id": work.work_id,
                 "partition": message.partition, "offset": message.offset})
-        await outbox.flush()
 
-    async def dead_letter(self, event: faust.types.EventT, error: BaseException) -> None:
+    async def dead_letter(self, event: faust.types.EventT, error: BaseException, out: Checkpoint, *,
+                          excerpt: bool = False) -> None:
         """A dead letter that cannot be recorded has nowhere further to go: log it loudly and
-        move on; it stays on the topic for `streams dlq` and replay."""
+        move on; it stays on the topic for `streams dlq` and replay (and its rows for the sweep)."""
         message = event.message
         log.error("dead letter could not be recorded", extra={
             "partition": message.partition, "offset": message.offset, "error": type(error).__name__})

@@ -11,11 +11,14 @@ Per work record:
 3. route every entity (streams.pipeline.apply.route): applied, to a retry tier (rows
    PENDING_RETRY, claimed by the retry record's work id), or to the DLQ (rows FAILED until the
    dead-letter agent makes them ERRORED); one transaction writes all of it;
-4. produce the retry and dead-letter records and one run event; GuardedBatches acks only after
-   they are flushed.
+4. send the retry and dead-letter records and one run event through the batch's Checkpoint,
+   which acks the record only after they are on the broker.
 
 A record delivered again after a crash finds what it already did (routed_by_claim) and sends
-the same retry/dead-letter records and event again; nothing is applied twice or too early.
+the same retry/dead-letter records (same ids) and event again; nothing is applied twice or too
+early. Every record has an id of its own (streams.records.WorkRecord): the retry record for
+each tier and the dead letter for each error class made from one record are told apart, so
+each is claimed and counted on its own.
 While the breaker is open, TargetUnavailable leaves the records unacked (their partitions wait)
 instead of pushing them down the ladder.
 """
@@ -25,32 +28,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
 import orjson
-from psycopg.types.json import Jsonb
 
 from streams import metrics
-from streams.agents.resources import Resources
-from streams.db.queries import named
-from streams.errors import InvalidRecord, TargetUnavailable
+from streams.db.apply_store import ApplyStore
+from streams.errors import InvalidRecord
 from streams.kafka import headers
-from streams.kafka.outbox import Outbox
-from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, Routing, route
+from streams.kafka.checkpoint import Checkpoint
+from streams.kafka.config import max_message_bytes, work_record_budget
+from streams.kafka.headers import Origin
+from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, dead_work, earlier, leaving, retry_work, route
 from streams.pipeline.breaker import Breaker
-from streams.pipeline.outcomes import CallResult, EntityOutcome, ErrorClass, Failure, State
+from streams.pipeline.outcomes import CallResult, EntityOutcome, ErrorClass, State
 from streams.records import WorkItem, WorkRecord, entities_settled
+from streams.resources import Resources
 from streams.settings import Settings
 from streams.target.calls import TargetCalls
 
 log = logging.getLogger(__name__)
-Q = named("apply")
-COMMON = named("common")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Incoming:
     key: bytes | None
     value: bytes | None
     headers: dict[str, str]
-    origin: headers.Origin
+    origin: Origin
     from_tier: bool
 
 
@@ -77,7 +78,7 @@ def incoming_from_event(event: faust.types.EventT) -> Incoming:
                     headers.Origin(message.topic, message.partition, message.offset), from_tier=False)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Outbound:
     topic: faust.TopicT
     key: bytes
@@ -96,167 +97,116 @@ class PlanApplyAgent:
         self.settings = settings
         self.topics = topics
         self.resources = resources
+        self.store = ApplyStore(resources.db)
         self.breaker = breaker
         self.calls = TargetCalls(settings, self._send, breaker)
 
     async def _send(self, body: Sequence[dict[str, Any]]) -> CallResult:
         return await self.resources.target().bulk_plan_apply(body)
 
-    async def handle(self, events: Sequence[faust.types.EventT]) -> None:
-        await self.process([incoming_from_event(event) for event in events])
+    async def handle(self, events: Sequence[faust.types.EventT], out: Checkpoint) -> None:
+        await self.process([incoming_from_event(event) for event in events], out)
 
-    async def process(self, records: Sequence[Incoming]) -> None:
+    async def process(self, records: Sequence[Incoming], out: Checkpoint) -> None:
         works = [(record, _decode(record)) for record in records]
         self.calls.check()
         steps = await asyncio.gather(*(self._step(record, work) for record, work in works))
-        outbox = Outbox()
         for (_, work), step in zip(works, steps, strict=True):
-            for out in step.outbound:
-                await outbox.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+            for outbound in step.outbound:
+                await out.send(outbound.topic, key=outbound.key, value=outbound.value, headers=outbound.headers)
             if step.counts:
                 event = entities_settled(work, dict(step.counts))
-                await outbox.send(self.topics.run_events, key=work.run_id.encode(), value=event.encode())
-        await outbox.flush()
+                await out.send(self.topics.run_events, key=work.run_id.encode(), value=event.encode())
 
     async def _step(self, record: Incoming, work: WorkRecord) -> _Step:
-        pool = await self.resources.pool()
-        ids = [uuid.UUID(item.id) for item in work.items]
-        next_work_id = replace(work, attempt=work.attempt + 1).work_id
-        async with pool.connection() as conn, conn.transaction():
-            claimed = {str(row[0]) for row in await (await conn.execute(
-                Q["claim"], {"work_id": work.work_id, "ids": ids})).fetchall()}
-            routed = await (await conn.execute(Q["routed_by_claim"], {
-                "work_id": work.work_id, "next_work_id": next_work_id, "ids": ids})).fetchall()
-        items = [item for item in work.items if item.id in claimed]
+        claim = await self.store.claim(work)
+        items = [item for item in work.items if item.id in claim.claimed]
         step = _Step()
         requests = 0
         if items:
             # TargetUnavailable leaves the rows APPLYING under this claim; the record waits and
             # takes them back when the target is up.
-            applied = await self.calls.apply(items)
+            # Entities that already failed on their own (a retry record's) cannot prove an outage.
+            suspects = frozenset(work.errors) if record.from_tier else frozenset()
+            applied = await self.calls.apply(items, suspects=suspects)
             requests = applied.requests
             await self._settle(record, work, items, applied.outcomes, step)
-        self._report_routed(record, work, routed, step)
+        self._report_earlier(record, work, claim.routed, step)
         if record.from_tier:
-            step.counts["retry_out"] += len(work.items)
+            # What this record took from its tier: the rows it claimed now or settled before. A
+            # copy of a retry record whose rows another copy already took counts nothing.
+            step.counts["retry_out"] += len(items) + len(claim.routed)
         log.info("work record applied", extra={
-            "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "topic": record.origin.topic,
-            "partition": record.origin.partition, "offset": record.origin.offset, "claimed": len(items),
-            "earlier": len(routed), "requests": requests, **dict(step.counts)})
+            "run": work.run_id, "batch": work.batch, "attempt": work.attempt, "work_id": work.work_id,
+            "topic": record.origin.topic, "partition": record.origin.partition, "offset": record.origin.offset,
+            "claimed": len(items), "earlier": len(claim.routed), "requests": requests, **dict(step.counts)})
         return step
 
     async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],
                       outcomes: list[EntityOutcome], step: _Step) -> None:
         now_ms = int(time.time() * 1000)
         routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms)
-        next_work_id = replace(work, attempt=work.attempt + 1).work_id
-        pool = await self.resources.pool()
-        async with pool.connection() as conn, conn.transaction():
-            await conn.execute(COMMON["prefer_hash_joins"])
-            if routing.done_ids:
-                await conn.execute(Q["record_outcomes"], {
-                    "work_id": work.work_id, "ids": [uuid.UUID(i) for i in routing.done_ids],
-                    "states": routing.done_states, "errors": [None] * len(routing.done_ids)})
-            for tier, group in routing.retry.items():
-                await conn.execute(Q["route_to_retry"], {
-                    "work_id": work.work_id, "next_work_id": next_work_id, "tier": tier,
-                    "due_at_ms": group.due_at_ms, "ids": [uuid.UUID(i) for i in group.ids],
-                    "errors": [Jsonb(e) for e in group.errors]})
-            for group in routing.dead.values():
-                await conn.execute(Q["route_to_dlq"], {
-                    "work_id": work.work_id, "ids": [uuid.UUID(i) for i in group.ids],
-                    "errors": [Jsonb(e) for e in group.errors]})
-            await self._record_change_sets(conn, work, routing)
-        by_id = {item.id: item for item in items}
+        out = leaving(work, items, routing, work_record_budget(self.settings))
+        await self.store.settle(work, routing, out.retries, [part for _, part in out.deads])
         for state in routing.done_states:
             step.counts[SUCCESS_NAMES[State(state)]] += 1
+            metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()
         for tier, group in routing.retry.items():
-            step.outbound.append(self._retry_record(record, work, tier, group, by_id, now_ms))
+            step.outbound += [self._retry_record(record, work, part, tier, group, now_ms) for part in out.retries[tier]]
             step.counts["retry_in"] += len(group.ids)
             metrics.ENTITIES.labels(outcome="retrying").inc(len(group.ids))
+        for error_class, part in out.deads:
+            step.outbound.append(self._dead_record(record, work, part, error_class, routing.dead[error_class], now_ms))
         for error_class, group in routing.dead.items():
-            step.outbound.append(self._dead_record(record, work, error_class, group, by_id, now_ms))
             step.counts["dead_lettered"] += len(group.ids)
             metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
-        for state in routing.done_states:
-            metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()
-
-    async def _record_change_sets(self, conn: Any, work: WorkRecord, routing: Routing) -> None:
-        if routing.change_sets:
-            await conn.execute(Q["insert_change_sets"], {
-                "ids": [cs for cs, _ in routing.change_sets],
-                "log_ids": [uuid.UUID(log_id) for _, log_id in routing.change_sets],
-                "attempts": [work.attempt] * len(routing.change_sets),
-                "warnings": [_jsonb(list(routing.warnings[cs])) if cs in routing.warnings else None
-                             for cs, _ in routing.change_sets]})
-        if routing.changes:
-            columns = list(zip(*routing.changes, strict=True))
-            await conn.execute(Q["insert_changes"], {
-                "change_set_ids": list(columns[0]), "seqs": list(columns[1]), "change_types": list(columns[2]),
-                "object_types": list(columns[3]), "object_ids": list(columns[4]),
-                "befores": [_jsonb(v) for v in columns[5]], "datas": [_jsonb(v) for v in columns[6]]})
         if routing.warnings:
             metrics.TARGET_WARNINGS.inc(sum(len(w) for w in routing.warnings.values()))
 
-    def _retry_record(self, record: Incoming, work: WorkRecord, tier: int, group: FailedGroup,
-                      by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:
-        retry = WorkRecord(work.run_id, work.batch, tuple(by_id[i] for i in group.ids), work.attempt + 1,
-                           work.replay_id, dict(zip(group.ids, group.errors, strict=True)))
+    def _retry_record(self, record: Incoming, work: WorkRecord, retry: WorkRecord, tier: int, group: FailedGroup,
+                      now_ms: int) -> _Outbound:
         hdrs = headers.failure_headers(
             record.headers, origin=record.origin, attempt=work.attempt, error_class=ErrorClass.TRANSIENT,
             error=group.summary, now_ms=now_ms, run_id=work.run_id, http_status=group.http_status,
             due_at_ms=group.due_at_ms)
         return _Outbound(self.topics.retry[tier], _key(work), retry.encode(), hdrs)
 
-    def _dead_record(self, record: Incoming, work: WorkRecord, error_class: ErrorClass, group: FailedGroup,
-                     by_id: dict[str, WorkItem], now_ms: int) -> _Outbound:
-        dead = WorkRecord(work.run_id, work.batch, tuple(by_id[i] for i in group.ids), work.attempt,
-                          work.replay_id, dict(zip(group.ids, group.errors, strict=True)))
+    def _dead_record(self, record: Incoming, work: WorkRecord, dead: WorkRecord, error_class: ErrorClass,
+                     group: FailedGroup, now_ms: int) -> _Outbound:
         hdrs = headers.failure_headers(
             record.headers, origin=record.origin, attempt=work.attempt, error_class=error_class,
             error=group.summary, now_ms=now_ms, run_id=work.run_id, http_status=group.http_status)
         return _Outbound(self.topics.dlq, _key(work), dead.encode(), hdrs)
 
-    def _report_routed(self, record: Incoming, work: WorkRecord, routed: list[tuple[Any, ...]], step: _Step) -> None:
+    def _report_earlier(self, record: Incoming, work: WorkRecord, routed: Sequence[Any], step: _Step) -> None:
         """Rows an earlier delivery of this record dealt with: count them again and send their
-        retry or dead-letter records again (the run tracker and the claims make repeats harmless)."""
+        retry or dead-letter records again, under the ids they got the first time (the run
+        tracker and the claims make repeats harmless)."""
         if not routed:
             return
+        found = earlier(routed, len(self.topics.retry))
+        step.counts.update(found.counts)
         by_id = {item.id: item for item in work.items}
-        retry_groups: dict[int, FailedGroup] = defaultdict(FailedGroup)
-        dead_groups: dict[ErrorClass, FailedGroup] = defaultdict(FailedGroup)
-        for row_id, state, tier, due_at_ms, last_error in routed:
-            entity_id = str(row_id)
-            state = State(state)
-            if state in SUCCESS_NAMES:
-                step.counts[SUCCESS_NAMES[state]] += 1
-            elif state is State.PENDING_RETRY:
-                tier = min(int(tier or 0), len(self.topics.retry) - 1)
-                retry_groups[tier].add(entity_id, _failure_from(last_error), int(due_at_ms or 0))
-                step.counts["retry_in"] += 1
-            elif state is State.FAILED:
-                failure = _failure_from(last_error)
-                dead_groups[failure.error_class].add(entity_id, failure)
-                step.counts["dead_lettered"] += 1
-            elif state is State.ERRORED:
-                step.counts["dead_lettered"] += 1  # the dead-letter agent already has it
         now_ms = int(time.time() * 1000)
-        for tier, group in retry_groups.items():
-            step.outbound.append(self._retry_record(record, work, tier, group, by_id, now_ms))
-        for error_class, group in dead_groups.items():
-            step.outbound.append(self._dead_record(record, work, error_class, group, by_id, now_ms))
+        for (tier, child_id), group in found.retries.items():
+            retry = replace(retry_work(work, tier, group, by_id), id=child_id)
+            step.outbound.append(self._retry_record(record, work, retry, tier, group, now_ms))
+        for (error_class, child_id), group in found.deads.items():
+            dead = replace(dead_work(work, error_class, group, by_id), id=child_id)
+            step.outbound.append(self._dead_record(record, work, dead, error_class, group, now_ms))
 
-    async def dead_letter(self, event: Any, error: BaseException) -> None:
-        """A record that failed every try (not the target: the record itself) goes to the DLQ."""
+    async def dead_letter(self, event: Any, error: BaseException, out: Checkpoint, *, excerpt: bool = False) -> None:
+        """A record that failed every try (not the target: the record itself) goes to the DLQ;
+        the dead-letter agent makes its rows ERRORED. `excerpt`: only its first bytes (the whole
+        one could not be written); its rows are then left to the sweep."""
         record = event if isinstance(event, Incoming) else incoming_from_event(event)
         error_class = ErrorClass.INVALID if isinstance(error, InvalidRecord) else ErrorClass.PERMANENT
         hdrs = headers.failure_headers(
             record.headers, origin=record.origin, attempt=int(record.headers.get(headers.ATTEMPT, "1")),
             error_class=error_class, error=f"{type(error).__name__}: {error}", now_ms=int(time.time() * 1000),
             run_id=_run_id(record.value))
-        outbox = Outbox()
-        await outbox.send(self.topics.dlq, key=record.key, value=record.value or b"", headers=hdrs)
-        await outbox.flush()
+        value, extra = headers.bounded(record.value, 0 if excerpt else max_message_bytes(self.settings))
+        await out.send(self.topics.dlq, key=record.key, value=value, headers=hdrs + extra)
         metrics.DEAD_LETTERS.labels(error_class=error_class.value).inc()
         log.warning("work record dead-lettered", extra={
             "topic": record.origin.topic, "partition": record.origin.partition, "offset": record.origin.offset,
@@ -270,22 +220,8 @@ def _decode(record: Incoming) -> WorkRecord:
         raise InvalidRecord(f"not a work record: {type(exc).__name__}") from None
 
 
-def _failure_from(last_error: Any) -> Failure:
-    error = last_error if isinstance(last_error, dict) else {}
-    try:
-        error_class = ErrorClass(error.get("class", "transient"))
-    except ValueError:
-        error_class = ErrorClass.PERMANENT
-    return Failure(error_class, str(error.get("message", "failed")), error.get("http_status"),
-                   detail=error.get("detail"))
-
-
 def _key(work: WorkRecord) -> bytes:
     return f"{work.run_id}:{work.batch}".encode()
-
-
-def _jsonb(value: object) -> object:
-    return None if value is None else Jsonb(value)
 
 
 def _run_id(value: bytes | None) -> str | None:

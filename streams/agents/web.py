@@ -10,12 +10,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from streams import metrics
-from streams.agents.resources import Resources
+from streams.resources import Resources
 
 
 def health_app(resources: Resources) -> Starlette:
     async def health(_: Request) -> Response:
-        ok = await resources.healthy()
+        ok = await resources.db.healthy()
         metrics.HEALTHY.set(1 if ok else 0)
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from streams import bench, bench_netbox
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.dev import netbox_target, services
 from streams.settings import Settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from streams.cli.main import Context, console, run_guarded
+from streams.cli.context import Context, console, run_guarded
 from streams.db.connect import conninfo
 from streams.db.migrate import migrate as apply_migrations
 

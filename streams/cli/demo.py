@@ -19,6 +19,7 @@ ERRORED after one attempt; at the end the objects are read back through NetBox's
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from pydantic import SecretStr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.client.generate import generate_entities
 from streams.client.producer import IngestProducer
 from streams.db.connect import conninfo
@@ -48,11 +49,12 @@ from streams.dev.workers import start_worker, stop_worker
 from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import topology
+from streams.logs import terminal_logs_to
 from streams.runs.completions import read_completions
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import start_target
-from streams.topics import topology
 
 DEMO_DATABASE = "streams_demo"
 
@@ -105,7 +107,8 @@ def demo(
     base = context.settings()
     started_at = time.monotonic()
     with ExitStack() as cleanup:
-        with console.status("starting Kafka and Postgres (the first run downloads the Kafka jars)…"):
+        with (console.status("starting Kafka and Postgres (the first run downloads the Kafka jars)…"),
+              terminal_logs_to(sys.stderr)):
             running_before = {r.name for r in run_guarded(services.status, base) if r.running}
             run_guarded(services.up, base)
         if not keep_services and not running_before:
@@ -157,7 +160,8 @@ def _reference_demo(settings: Settings, logs: Path, timeout: float, cleanup: Exi
 def _netbox_demo(settings: Settings, logs: Path, timeout: float, cleanup: ExitStack
                  ) -> tuple[Plan, list[RunStates]]:
     plan = Plan(NETBOX_RUNS, ("bad-import", 3), batch_size=100, namespace=f"demo{uuid.uuid4().hex[:4]}")
-    with console.status("starting NetBox with the diode plugin (the first run builds it: minutes)…") as status:
+    with (console.status("starting NetBox with the diode plugin (the first run builds it: minutes)…") as status,
+          terminal_logs_to(sys.stderr)):
         found = run_guarded(netbox_target.resolve, settings, lambda text: status.update(text))
     settings = found.settings
     worker = start_worker(settings, log_path=logs / "worker.log")
@@ -244,7 +248,9 @@ def _follow(settings: Settings, plan: Plan, timeout: float, alive: Callable[[], 
     deadline = time.monotonic() + timeout
     states: list[RunStates] = []
     console.print(f"[bold]{label}[/]")
-    with Progress(*columns, console=console) as progress:
+    # While a spinner or bars are live, sys.stderr is rich's proxy (on a terminal), which prints
+    # what is written to it above them; the log lines meant for the terminal go there too.
+    with Progress(*columns, console=console) as progress, terminal_logs_to(sys.stderr):
         tasks = {run_id: progress.add_task(run_id, total=count, detail="") for run_id, count in wanted.items()}
         while time.monotonic() < deadline and alive():
             states = run_states(conninfo(settings), list(wanted))

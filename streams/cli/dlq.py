@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.dlq.letters import DeadLetter
 from streams.dlq.plan import Destination
 from streams.dlq.reader import read_dead_letters
@@ -34,8 +34,8 @@ from streams.dlq.select import (
     summarize,
 )
 from streams.kafka import headers as h
+from streams.kafka.topics import topic_names
 from streams.settings import Settings
-from streams.topics import topic_names
 
 app = typer.Typer(help="List, show and replay the dead letters (the ingest.dlq topic).", no_args_is_help=True)
 

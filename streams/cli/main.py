@@ -6,20 +6,14 @@ command line, the environment or `.env` gets the same one-line error naming STRE
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from streams import logs
-from streams.errors import SettingsError, StreamsError
-from streams.settings import Settings, env_name, load_settings
-
-# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+from streams.cli import bench, db, demo, dev, dlq, produce, runs, status, target, topics, trace, worker
+from streams.cli.context import Context, option, run_guarded
+from streams.settings import Settings, env_name
 
 
 def _settings_help() -> str:
@@ -39,53 +33,17 @@ app = typer.Typer(
 )
 
 
-@dataclass
-class Context:
-    overrides: dict[str, object] = field(default_factory=dict)
-    _settings: Settings | None = None
-
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(**self.overrides)
-        return self._settings
-
-    def services(self) -> Settings:
-        """Settings with unset service addresses filled from running `streams dev` services."""
-        from streams.dev.services import with_local_services
-
-        return with_local_services(self.settings())
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def run_guarded(func, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Turn our own errors into one line on stderr and a non-zero exit code."""
-    try:
-        return func(*args, **kwargs)
-    except SettingsError as exc:
-        fail(str(exc))
-    except StreamsError as exc:
-        fail(str(exc), code=1)
-
-
-def _opt(envvar: str, help_text: str):  # type: ignore[no-untyped-def]
-    return typer.Option(envvar=envvar, help=help_text, show_envvar=True)
-
-
 @app.callback()
 def root(
     ctx: typer.Context,
-    kafka_bootstrap: Annotated[str | None, _opt("STREAMS_KAFKA_BOOTSTRAP", "Kafka bootstrap servers.")] = None,
-    database_url: Annotated[str | None, _opt("STREAMS_DATABASE_URL", "Postgres URL.")] = None,
-    target_url: Annotated[str | None, _opt("STREAMS_TARGET_URL", "Base URL of the target.")] = None,
-    topic_prefix: Annotated[str | None, _opt("STREAMS_TOPIC_PREFIX", "Prefix of every topic name.")] = None,
-    partitions: Annotated[str | None, _opt("STREAMS_PARTITIONS", "Partitions per topic.")] = None,
-    retry_tiers: Annotated[str | None, _opt("STREAMS_RETRY_TIERS", "Retry tier delays, e.g. 30s,5m,1h.")] = None,
-    batch_size: Annotated[str | None, _opt("STREAMS_BATCH_SIZE", "Entities per target call.")] = None,
-    log_level: Annotated[str | None, _opt("STREAMS_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.")] = None,
+    kafka_bootstrap: Annotated[str | None, option("STREAMS_KAFKA_BOOTSTRAP", "Kafka bootstrap servers.")] = None,
+    database_url: Annotated[str | None, option("STREAMS_DATABASE_URL", "Postgres URL.")] = None,
+    target_url: Annotated[str | None, option("STREAMS_TARGET_URL", "Base URL of the target.")] = None,
+    topic_prefix: Annotated[str | None, option("STREAMS_TOPIC_PREFIX", "Prefix of every topic name.")] = None,
+    partitions: Annotated[str | None, option("STREAMS_PARTITIONS", "Partitions per topic.")] = None,
+    retry_tiers: Annotated[str | None, option("STREAMS_RETRY_TIERS", "Retry tier delays, e.g. 30s,5m,1h.")] = None,
+    batch_size: Annotated[str | None, option("STREAMS_BATCH_SIZE", "Entities per target call.")] = None,
+    log_level: Annotated[str | None, option("STREAMS_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
     given = {
         "kafka_bootstrap": kafka_bootstrap, "database_url": database_url, "target_url": target_url,
@@ -95,12 +53,10 @@ def root(
     context = Context(overrides={key: value for key, value in given.items() if value is not None})
     ctx.obj = context
     settings = run_guarded(context.settings)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, fmt=settings.log_format)
 
 
 def register() -> typer.Typer:
-    from streams.cli import bench, db, demo, dev, dlq, produce, runs, target, topics, worker
-
     app.add_typer(dev.app, name="dev")
     app.add_typer(topics.app, name="topics")
     app.add_typer(dlq.app, name="dlq")
@@ -109,6 +65,8 @@ def register() -> typer.Typer:
     app.command("target")(target.target)
     app.command("produce")(produce.produce)
     app.command("runs")(runs.runs)
+    app.command("status")(status.status)
+    app.command("trace")(trace.trace)
     app.command("demo")(demo.demo)
     app.command("bench")(bench.bench_command)
     return app

@@ -6,7 +6,7 @@ import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,13 +14,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.client.generate import generate_entities, read_jsonl
 from streams.client.producer import IngestProducer, RunSummary
 from streams.kafka.admin import admin_client, existing_topics
+from streams.kafka.topics import topic_names
 from streams.models import MAX_ENTITIES, RUN_ID_PATTERN
 from streams.settings import Settings
-from streams.topics import topic_names
 
 
 def _opt(name: str, help_text: str, *decls: str, **extra: Any) -> Any:
@@ -54,7 +54,7 @@ def produce(
         fail("give JSON Lines files or --generate N: exactly one source of entities")
     if not 0 <= duplicate_ratio < 1:
         fail(f"STREAMS_PRODUCE_DUPLICATE_RATIO: must be at least 0 and below 1 (got {duplicate_ratio})")
-    base = run_id or "run-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    base = run_id or "run-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_ids = [base] if runs == 1 else [f"{base}-{number}" for number in range(1, runs + 1)]
     invalid = next((rid for rid in run_ids if not re.match(RUN_ID_PATTERN, rid)), None)
     if invalid is not None:

@@ -7,7 +7,7 @@ STREAMS_STALL_AFTER is flagged as stalled.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import psycopg
@@ -17,9 +17,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.db.connect import conninfo
-from streams.runs.store import FailedBatch, Revision, RunRow, list_runs, run_detail
+from streams.db.runs_store import FailedBatch, Revision, RunRow, list_runs, run_detail
 
 _STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "open": "blue",
                 "replaying": "magenta"}
@@ -36,7 +36,7 @@ def runs(
     context: Context = ctx.obj
     settings = context.services()
     url = run_guarded(conninfo, settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     try:
         if run_id is None:
             rows = list_runs(url, limit=limit)
@@ -168,7 +168,7 @@ def _when_ago(moment: datetime, now: datetime) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
 def _age(seconds: float) -> str:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from streams.cli.main import Context, fail, run_guarded
+from streams.cli.context import Context, fail, run_guarded
 
 _PREFIX = "STREAMS_TARGET_"
 
@@ -38,9 +38,11 @@ def target(
     )] = 500,
     status_rate: Annotated[float, _opt("STATUS_RATE", "Share of requests answered --status-code.")] = 0.0,
     status_code: Annotated[int, _opt("STATUS_CODE", "Status of injected request failures.")] = 503,
+    status_first: Annotated[int, _opt("STATUS_FIRST", "The first N requests are answered --status-code.")] = 0,
     retry_after: Annotated[int | None, _opt("RETRY_AFTER", "Retry-After seconds on injected 429/503")] = None,
     outage: Annotated[bool, _opt("OUTAGE", "Answer every bulk request with 503.")] = False,
-    db_down: Annotated[bool, _opt("DB_DOWN", "Answer every entity with the plan error `internal error` (207).")] = False,
+    db_down: Annotated[bool, _opt(
+        "DB_DOWN", "Answer every entity with the plan error `internal error` (207).")] = False,
     capacity: Annotated[int | None, _opt("CAPACITY", "Concurrent bulk requests served; beyond: 503.")] = None,
     seed: Annotated[int, _opt("SEED", "Seed of every injected decision (same seed, same failures).")] = 0,
 ) -> None:
@@ -55,7 +57,8 @@ def target(
         faults = Faults(
             latency_ms=latency_ms, transient_rate=transient_rate, permanent_rate=permanent_rate,
             fail_first=fail_first, poison_pattern=poison_pattern, poison_status=poison_status,
-            status_rate=status_rate, status_code=status_code, retry_after=retry_after, outage=outage,
+            status_rate=status_rate, status_code=status_code, status_first=status_first,
+            retry_after=retry_after, outage=outage,
             db_down=db_down, capacity=capacity, seed=seed,
         )
     except ValidationError as exc:

@@ -1,13 +1,13 @@
-"""`streams topics create | describe`: every topic of the topology, from streams.topics."""
+"""`streams topics create | describe`: every topic of the topology, from streams.kafka.topics."""
 
 from __future__ import annotations
 
 import typer
 from rich.table import Table
 
-from streams.cli.main import Context, console, run_guarded
+from streams.cli.context import Context, console, run_guarded
 from streams.kafka.admin import create_topics, describe_topics
-from streams.topics import topology
+from streams.kafka.topics import topology
 
 app = typer.Typer(help="Create or describe the topology's topics.", no_args_is_help=True)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from streams.cli.main import Context, fail, run_guarded
+from streams.cli.context import Context, fail, run_guarded
 
 
 def worker(

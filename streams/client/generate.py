@@ -27,7 +27,7 @@ import random
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ METADATA_SHARE = 0.2
 # Repeats are drawn from the most recent distinct objects, so memory stays bounded.
 _REPEAT_WINDOW = 4096
 # A fixed epoch keeps `collected_at` deterministic; items are spaced about a second apart.
-_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 _SOURCES = ("netbox-discovery", "snmp-poller", "lldp-sweep", "csv-import")
 _SERIAL_CHARS = string.ascii_uppercase + string.digits
 

@@ -17,21 +17,18 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from types import TracebackType
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import ValidationError
 
 import streams
-from streams.errors import StreamsError
-from streams.kafka.config import reliable_producer_config
+from streams.kafka.producer import CheckedProducer, DeliveryError
+from streams.kafka.topics import topic_names
 from streams.models import MAX_ENTITIES, RunCompleted, parse_ingest_record
 from streams.runs import completions
 from streams.settings import Settings
-from streams.topics import topic_names
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +36,10 @@ DEFAULT_PRODUCER = {"app_name": "streams-produce", "app_version": streams.__vers
 DEFAULT_DELIVERY_TIMEOUT = 120.0
 # Leaving a `with` block on an error should not hang for the full delivery timeout.
 _ABORT_FLUSH_SECONDS = 10.0
-_SHOWN_ERRORS = 5
 
 OnBatch = Callable[[int, int], None]
 
-
-class DeliveryError(StreamsError):
-    """Records were not delivered: the broker refused them, or the time ran out."""
+__all__ = ["DeliveryError", "IngestProducer", "RunSummary"]
 
 
 @dataclass(frozen=True)
@@ -64,14 +58,19 @@ class IngestProducer:
         self._settings = settings
         self._max_bytes = settings.max_record_bytes
         self._producer_info = dict(producer or DEFAULT_PRODUCER)
-        self._delivery_timeout = delivery_timeout
-        self._errors: list[str] = []
-        self.delivered = 0
-        self.failed = 0
-        self.sent = 0
-        self._closed = False
-        self._client = Producer(reliable_producer_config(
-            settings, delivery_timeout=delivery_timeout, error_cb=self._on_error))
+        self._client = CheckedProducer(settings, delivery_timeout=delivery_timeout)
+
+    @property
+    def sent(self) -> int:
+        return self._client.sent
+
+    @property
+    def delivered(self) -> int:
+        return self._client.delivered
+
+    @property
+    def failed(self) -> int:
+        return self._client.failed
 
     # --- records ------------------------------------------------------------------------------
 
@@ -156,68 +155,20 @@ class IngestProducer:
     # --- delivery -----------------------------------------------------------------------------
 
     def _produce(self, key: bytes, value: bytes, what: str) -> None:
-        on_delivery = partial(self._on_delivery, what)
-        while True:
-            try:
-                self._client.produce(self.topic, value=value, key=key, on_delivery=on_delivery)
-                self.sent += 1
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room again.
-                self._client.poll(0.1)
-            except KafkaException as exc:
-                raise DeliveryError(f"cannot send {what}: {_describe(exc.args[0])}") from exc
-        self._client.poll(0)
-
-    def _on_delivery(self, what: str, error: KafkaError | None, message: Message) -> None:
-        if error is None:
-            self.delivered += 1
-            return
-        self.failed += 1
-        self._errors.append(f"{what}: {_describe(error)}")
-        log.error("record not delivered",
-                  extra={"topic": self.topic, "what": what, "error": _describe(error)})
-
-    def _on_error(self, error: KafkaError) -> None:
-        # Non-fatal errors (a broker unreachable for a while) are retried by librdkafka until the
-        # delivery timeout; a fatal one ends the producer, so every later send must fail.
-        if error.fatal():
-            self._errors.append(f"fatal producer error: {_describe(error)}")
-            log.error("producer failed", extra={"error": _describe(error)})
-        else:
-            log.warning("producer error", extra={"error": _describe(error)})
+        self._client.send(self.topic, key=key, value=value, what=what)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait for every queued record (default: the delivery timeout and a margin).
 
         Raises DeliveryError if any record failed, or some are still undelivered at the timeout.
         """
-        if timeout is None:
-            timeout = self._delivery_timeout + 5.0
-        remaining = self._client.flush(timeout)
-        errors, self._errors = self._errors, []
-        problems = []
-        if remaining:
-            problems.append(f"{_records(remaining)} still undelivered after {timeout:g}s "
-                            "(is the broker reachable?)")
-        if errors:
-            shown = "; ".join(errors[:_SHOWN_ERRORS]) + (" …" if len(errors) > _SHOWN_ERRORS else "")
-            problems.append(f"{_records(len(errors))} failed: {shown}")
-        if not problems and self.delivered + self.failed != self.sent:
-            # Every produced record gets exactly one delivery report; anything else means a
-            # report was lost, and a record the broker never confirmed must not pass as sent.
-            problems.append(f"{self.sent} records sent but {self.delivered + self.failed} reported back")
-        if problems:
-            raise DeliveryError(f"topic {self.topic}: " + "; ".join(problems))
+        try:
+            self._client.flush(timeout)
+        except DeliveryError as exc:
+            raise DeliveryError(f"topic {self.topic}: {exc}") from None
 
     def close(self) -> None:
         """Drop what is still queued (its delivery reports say so) and close the client."""
-        if self._closed:
-            return
-        self._closed = True
-        if len(self._client):
-            self._client.purge()
-            self._client.poll(0)
         self._client.close()
 
     def __enter__(self) -> IngestProducer:
@@ -247,11 +198,3 @@ def _validate(record: dict[str, Any], what: str) -> None:
         where = ".".join(str(part) for part in first["loc"][1:]) or "record"
         more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise ValueError(f"{what}: {where}: {first['msg']}{more}") from None
-
-
-def _records(count: int) -> str:
-    return f"{count} record" if count == 1 else f"{count} records"
-
-
-def _describe(error: KafkaError) -> str:
-    return f"{error.name()}: {error.str()}"

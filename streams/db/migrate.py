@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from streams.errors import MigrationError
-from streams.resources import sql_dir
+from streams.package_data import sql_dir
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def migrate(conninfo: str, migrations: list[Migration] | None = None, *, timeout
 def _apply(conn: psycopg.Connection, migration: Migration) -> None:
     try:
         with conn.transaction():
-            conn.execute(migration.sql)  # type: ignore[arg-type] - trusted file from sql/
+            conn.execute(migration.sql)  # a trusted file from sql/
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (migration.version, migration.name, migration.checksum),

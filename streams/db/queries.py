@@ -10,7 +10,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from streams.resources import sql_dir
+from streams.package_data import sql_dir
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 

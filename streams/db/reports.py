@@ -40,4 +40,4 @@ class RunStates:
 def run_states(conninfo: str, run_ids: list[str] | None = None) -> list[RunStates]:
     with psycopg.connect(conninfo, connect_timeout=10) as conn:
         rows = conn.execute(Q["run_states"], {"run_ids": run_ids}).fetchall()
-    return [RunStates(*(int(v) if i else v for i, v in enumerate(row))) for row in rows]
+    return [RunStates(row[0], *(int(v) for v in row[1:])) for row in rows]

@@ -64,7 +64,7 @@ def ensure_jars(version: str, maven_repo: Path | None = None) -> Path:
         argv.append(f"-Dmaven.repo.local={maven_repo}")
     log.info("resolving Kafka %s jars with Maven", version)
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=_MAVEN_TIMEOUT, check=False)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_MAVEN_TIMEOUT, check=False)
     except subprocess.TimeoutExpired as exc:
         raise DevServiceError(f"Maven did not resolve the Kafka jars within {_MAVEN_TIMEOUT:.0f}s") from exc
     if result.returncode != 0:
@@ -113,7 +113,7 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "share.coordinator.state.topic.min.isr=1",
         # One node: no reason to wait for more members before the first rebalance.
         "group.initial.rebalance.delay.ms=0",
-        # Every topic is created from streams.topics (or by faust for its own); a typo in a
+        # Every topic is created from streams.kafka.topics (or by faust for its own); a typo in a
         # topic name must fail loudly instead of creating a one-partition topic.
         "auto.create.topics.enable=false",
         "log.segment.bytes=67108864",
@@ -191,7 +191,7 @@ def start(home: Path, *, version: str, heap: str, maven_repo: Path | None = None
 
     if not (data_dir / "meta.properties").exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        fmt = subprocess.run(  # noqa: S603
+        fmt = subprocess.run(
             [java, "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool", "format",
              f"--cluster-id={_cluster_id()}", "-c", str(properties), "--ignore-formatted"],
             capture_output=True, text=True, timeout=120, check=False,

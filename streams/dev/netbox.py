@@ -40,6 +40,7 @@ from streams.dev.netbox_home import (
     wsgi_dir,
 )
 from streams.dev.netbox_install import Installation, Progress, locked
+from streams.dev.oauth_server import BASE_PATH, CLIENTS_ENV
 from streams.dev.processes import (
     ServiceState,
     free_port,
@@ -50,7 +51,6 @@ from streams.dev.processes import (
     wait_until,
     write_state,
 )
-from streams.dev.oauth_server import BASE_PATH, CLIENTS_ENV
 from streams.errors import DevServiceError
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _valkey_answers(port: int, data_dir: Path) -> bool:
 
 
 def _valkey_version(installation: Installation) -> str:
-    out = subprocess.run([str(installation.valkey_server), "--version"], capture_output=True, text=True,  # noqa: S603
+    out = subprocess.run([str(installation.valkey_server), "--version"], capture_output=True, text=True,
                          timeout=10, check=False).stdout
     return next((part[2:] for part in out.split() if part.startswith("v=")), "?")
 

@@ -94,7 +94,7 @@ def drop(server_url: str, name: str) -> None:
 def _pg_tool(tool: str, args: list[str], server_url: str, name: str, what: str) -> None:
     argv = [str(postgres_server.bin_dir() / tool), *args]
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=_DUMP_TIMEOUT,  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_DUMP_TIMEOUT,
                                 check=False, env=_libpq_env(server_url, name))
     except subprocess.TimeoutExpired as exc:
         raise DevServiceError(f"{what} did not finish within {_DUMP_TIMEOUT:.0f}s") from exc

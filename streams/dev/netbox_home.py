@@ -178,7 +178,7 @@ def manage(installation: Installation, netbox_home: Path, args: list[str], *, wh
 def run_python(installation: Installation, netbox_home: Path, args: list[str], *, what: str, timeout: float,
                extra_env: dict[str, str] | None = None) -> str:
     try:
-        result = subprocess.run(  # noqa: S603 - argv built here; secrets only in the environment
+        result = subprocess.run(
             [str(installation.python), *args], capture_output=True, text=True, timeout=timeout, check=False,
             env=netbox_env(netbox_home, extra_env), cwd=netbox_home,
         )

@@ -77,7 +77,7 @@ _PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sys.execut
 def _probe(python: str) -> tuple[tuple[int, ...], Path] | None:
     """(version, real executable) when `python` runs; pyenv shims of unselected versions fail."""
     try:
-        result = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True,  # noqa: S603
+        result = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True,
                                 timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -91,7 +91,7 @@ def _pyenv_roots() -> list[Path]:
     roots = []
     if shutil.which("pyenv"):
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            out = subprocess.run(["pyenv", "root"], capture_output=True, text=True,  # noqa: S607
+            out = subprocess.run(["pyenv", "root"], capture_output=True, text=True,
                                  timeout=20, check=False)
             if out.returncode == 0 and out.stdout.strip():
                 roots.append(Path(out.stdout.strip()))
@@ -211,7 +211,7 @@ def ensure_installed(python: Path, python_version: str, cache: Path | None = Non
 
 def _run(argv: list[str], what: str, timeout: float) -> None:
     try:
-        result = subprocess.run(argv, capture_output=True, text=True,  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True,
                                 timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise DevServiceError(f"{what} did not finish within {timeout:.0f}s") from exc

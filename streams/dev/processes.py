@@ -89,7 +89,7 @@ def spawn(argv: list[str], log_path: Path, *, identity: dict[str, Any] | None = 
           env: dict[str, str] | None = None) -> int:
     """Start a detached process (its own session, so Ctrl-C in the caller does not reach it)."""
     with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(  # noqa: S603 - argv is built by us, never from input
+        process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -102,7 +102,8 @@ def spawn(argv: list[str], log_path: Path, *, identity: dict[str, Any] | None = 
     return process.pid
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, alive: Callable[[], bool] | None = None) -> None:
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
+               alive: Callable[[], bool] | None = None) -> None:
     """Poll `check` until true; fail early when `alive` says the process died."""
     deadline = time.monotonic() + timeout
     delay = 0.05

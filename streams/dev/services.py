@@ -203,7 +203,8 @@ def _netbox_reports(base: Path, note: str) -> list[ServiceReport]:
     reports = []
     for name, current in netbox.components(base).items():
         if current is not None and is_running(current):
-            reports.append(ServiceReport(_NETBOX_NAMES[name], True, False, current.url, current.pid, current.version, note))
+            reports.append(ServiceReport(_NETBOX_NAMES[name], True, False, current.url, current.pid, current.version,
+                                         note))
         else:
             stale = " (stale state file)" if current is not None else ""
             reports.append(ServiceReport(_NETBOX_NAMES[name], False, False, None, None, None, "not running" + stale))

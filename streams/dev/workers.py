@@ -16,7 +16,7 @@ def start_worker(settings: Settings, *, topology: str = "default", log_path: Pat
     env = {**os.environ, **to_env(settings), "STREAMS_TOPOLOGY": topology, **(extra_env or {})}
     output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     try:
-        return subprocess.Popen(  # noqa: S603
+        return subprocess.Popen(
             [sys.executable, "-m", "streams", "worker"],
             env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,

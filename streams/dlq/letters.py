@@ -60,6 +60,11 @@ class DeadLetter:
         return _int(self.headers.get(h.ATTEMPT))
 
     @property
+    def excerpt_of(self) -> int | None:
+        """The length of the record this dead letter holds only the first bytes of, if so."""
+        return _int(self.headers.get(h.EXCERPT_OF))
+
+    @property
     def batch(self) -> int | None:
         return self.work.batch if self.work is not None else None
 
@@ -70,6 +75,7 @@ def dead_letter(topic: str, partition: int, offset: int, timestamp: int, key: by
     text = h.decode(headers)
     value = value or b""
     work = _work_record(value)
+    run_id: str | None
     if work is not None:
         object_types = tuple(sorted({item.object_type for item in work.items}))
         run_id = text.get(h.RUN_ID) or work.run_id

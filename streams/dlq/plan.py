@@ -24,9 +24,9 @@ from enum import Enum
 from streams.dlq.letters import DeadLetter
 from streams.dlq.select import Filters, matches, order_key, selected_items
 from streams.kafka import headers as h
+from streams.kafka.topics import TopicNames
 from streams.pipeline.outcomes import ErrorClass
-from streams.records import RunEvent, WorkRecord, entities_requeued
-from streams.topics import TopicNames
+from streams.records import RunEvent, WorkRecord, entities_requeued, fit
 
 
 class Destination(str, Enum):
@@ -39,6 +39,7 @@ class Skip(str, Enum):
     ALREADY_REPLAYED = "already replayed (use --again)"
     INGEST_NOT_SELECTED = "ingest record (select it with --error-class)"
     UNREADABLE = "neither a work record nor an ingest record"
+    EXCERPT = "only an excerpt of the record was kept (it was over the size limit)"
     NOTHING_ERRORED = "no ERRORED entity left"
     LIMIT = "beyond --limit"
 
@@ -120,6 +121,8 @@ def assign_ids(actions: Sequence[Action], available: set[str]) -> list[tuple[str
 
 
 def _unreplayable(letter: DeadLetter, filters: Filters, ingest_topic: str) -> Skip | None:
+    if letter.excerpt_of is not None:
+        return Skip.EXCERPT
     if letter.work is None:
         if letter.origin_topic != ingest_topic:
             return Skip.UNREADABLE
@@ -151,32 +154,38 @@ class Outgoing:
 
 
 def outgoing(action: Action, entity_ids: Sequence[str], *, replay_id: str, topics: TopicNames,
-             first_tier_delay: float, now_ms: int) -> Outgoing:
-    """The record that sends `entity_ids` of `action.letter` back, and its run event."""
+             first_tier_delay: float, now_ms: int, budget: int) -> list[Outgoing]:
+    """The records that send `entity_ids` of `action.letter` back (one, or parts of at most
+    `budget` bytes), the first of them with the dead letter's run event."""
     letter = action.letter
     if action.destination is Destination.INGEST:
         # A fresh start for the ingest agent: only the replay id travels with the original bytes.
-        return Outgoing(topics.ingest, letter.key, letter.value, [(h.REPLAY_ID, replay_id.encode())], None)
+        return [Outgoing(topics.ingest, letter.key, letter.value, [(h.REPLAY_ID, replay_id.encode())], None)]
     work = letter.work
     assert work is not None, "work destinations are planned for work records only"
     wanted = set(entity_ids)
     items = tuple(item for item in work.items if item.id in wanted)
     key = letter.key or f"{work.run_id}:{work.batch}".encode()
     to_tier = action.destination is Destination.TIER
+    # Its own id, from the dead letter's and the replay's: two dead letters of one batch sent
+    # back by one replay are two records, each claimed and counted; a resend is the same record.
+    suffix = f"+r{replay_id}"
     if to_tier:
         # The record re-enters the ladder where it would have retried first, its history intact.
-        record = WorkRecord(work.run_id, work.batch, items, work.attempt, replay_id,
-                            {i: e for i, e in work.errors.items() if i in wanted})
+        record = work.derived(suffix, items, replay_id=replay_id,
+                              errors={i: e for i, e in work.errors.items() if i in wanted})
         topic = topics.retry[0]
         headers = _tier_headers(letter, record, replay_id, now_ms + int(first_tier_delay * 1000), now_ms)
     else:
-        record = WorkRecord(work.run_id, work.batch, items, 1, replay_id)
+        record = work.derived(suffix, items, attempt=1, replay_id=replay_id)
         topic = topics.work
         headers = [(h.REPLAY_ID, replay_id.encode())]
     event = entities_requeued(work.run_id, work.batch, replay_id=replay_id, partition=letter.partition,
                               offset=letter.offset, requeued=len(items),
                               retry_in=len(items) if to_tier else 0)
-    return Outgoing(topic, key, record.encode(), headers, event)
+    parts = fit(record, budget)
+    return [Outgoing(topic, key, part.encode(), headers, event if index == 0 else None)
+            for index, part in enumerate(parts)]
 
 
 def _tier_headers(letter: DeadLetter, record: WorkRecord, replay_id: str, due_at_ms: int,

@@ -26,15 +26,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from streams.db.dlq_store import ReplayStore, open_store
 from streams.dlq import DlqError
 from streams.dlq.letters import DeadLetter
 from streams.dlq.plan import Action, Destination, Plan, Skip, assign_ids, make_plan, outgoing
 from streams.dlq.reader import read_dead_letters
 from streams.dlq.select import Filters, Tally
 from streams.dlq.sender import Sender
-from streams.dlq.store import ReplayStore, open_store
+from streams.kafka.config import work_record_budget
+from streams.kafka.topics import TopicNames, topic_names
 from streams.settings import Settings
-from streams.topics import TopicNames, topic_names
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def replay(settings: Settings, filters: Filters, options: ReplayOptions, *,
         try:
             with Sender(settings) as sender:
                 batches = _Batches(store, sender, names, settings.retry_tiers[0], replay_id, report,
-                                   _Pacer(options.rate), on_advance or (lambda _n: None))
+                                   _Pacer(options.rate), on_advance or (lambda _n: None),
+                                   work_record_budget(settings))
                 for chunk in _chunks(plan.resend, options.chunk):
                     batches.resend(chunk)
                 for chunk in _chunks(plan.replay, options.chunk):
@@ -227,6 +229,7 @@ class _Batches:
     report: ReplayReport
     pacer: _Pacer
     advance: Advance
+    budget: int  # bytes of the largest replayed record before it is split
 
     def resend(self, actions: Sequence[Action]) -> None:
         """Pending dead letters of an interrupted replay: their rows are QUEUED already."""
@@ -255,14 +258,14 @@ class _Batches:
         for action, ids in pairs:
             replay_id = action.replay_id or self.replay_id
             letter = action.letter
-            out = outgoing(action, ids, replay_id=replay_id, topics=self.names,
-                           first_tier_delay=self.first_tier_delay, now_ms=now_ms)
             what = f"dead letter {letter.partition}/{letter.offset}"
             self.pacer.wait()
-            if out.event is not None:
-                event = out.event
-                self.sender.send(self.names.run_events, event.run_id.encode(), event.encode(), [], what)
-            self.sender.send(out.topic, out.key, out.value, out.headers, what)
+            for out in outgoing(action, ids, replay_id=replay_id, topics=self.names,
+                                first_tier_delay=self.first_tier_delay, now_ms=now_ms, budget=self.budget):
+                if out.event is not None:
+                    event = out.event
+                    self.sender.send(self.names.run_events, event.run_id.encode(), event.encode(), [], what)
+                self.sender.send(out.topic, out.key, out.value, out.headers, what)
             confirmed.append((letter.partition, letter.offset, replay_id))
             self.advance(1)
         self.sender.flush()

@@ -16,8 +16,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from streams.errors import TopicError
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import TopicSpec
 from streams.settings import Settings
-from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ talks to the broker the same way.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,6 @@ from confluent_kafka import KafkaError
 from streams.errors import SettingsError
 from streams.settings import Settings
 
-
 # Headroom above STREAMS_MAX_RECORD_BYTES for headers and framing. Topics accept records this
 # much larger than the ingest limit, so a record slightly over it still reaches the ingest agent
 # (and is dead-lettered with a reason) instead of being refused by the broker.
@@ -22,7 +22,16 @@ RECORD_HEADROOM_BYTES = 256 * 1024
 
 
 def max_message_bytes(settings: Settings) -> int:
+    """What every topic (max.message.bytes) and every producer (message.max.bytes,
+    max_request_size) takes: one setting, STREAMS_MAX_RECORD_BYTES, and the headroom."""
     return settings.max_record_bytes + RECORD_HEADROOM_BYTES
+
+
+def work_record_budget(settings: Settings) -> int:
+    """The largest work record, retry record or dead letter an agent writes before splitting it
+    (streams.records.fit): the ingest limit, so the headroom is left for headers, framing and
+    the one entity that is larger on its own."""
+    return settings.max_record_bytes
 
 
 def bootstrap(settings: Settings) -> str:
@@ -33,14 +42,36 @@ def bootstrap(settings: Settings) -> str:
     return settings.kafka_bootstrap
 
 
+class _LibrdkafkaLog:
+    """What confluent-kafka is given as `logger`: it calls `log(level, format, *args)` for each
+    librdkafka log line, from poll(), flush() or consume() on the caller's thread, instead of
+    librdkafka writing `%3|…|FAIL|…` lines to stderr from its own threads.
+
+    Every line is kept at DEBUG. Nearly all are a broker connection failing or closing, which is
+    routine while a broker restarts and at every shutdown; what matters reaches the caller anyway,
+    through error_cb, a delivery report or an exception, and the seams report it with context.
+    Lines queued when nothing polls any more (at close) are dropped by confluent-kafka, never
+    printed (confluent-kafka-python issue #1719)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self._logger.debug(msg, *args, extra={"librdkafka_level": logging.getLevelName(level).lower()})
+
+
+_LIBRDKAFKA_LOG = _LibrdkafkaLog(logging.getLogger("streams.kafka.librdkafka"))
+
+
 def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """Config for confluent-kafka Producer, Consumer and AdminClient."""
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap(settings),
         "security.protocol": settings.kafka_security_protocol,
         "socket.timeout.ms": int(settings.kafka_timeout * 1000),
-        # librdkafka logs every broker disconnect at warning level; the seams report failures.
+        # Only librdkafka's errors (a broker disconnect is one), and those into Python logging.
         "log_level": 3,
+        "logger": _LIBRDKAFKA_LOG,
     }
     if settings.kafka_sasl_mechanism:
         config["sasl.mechanism"] = settings.kafka_sasl_mechanism

@@ -10,7 +10,7 @@ import ssl
 
 import faust
 
-from streams.kafka.config import bootstrap
+from streams.kafka.config import bootstrap, max_message_bytes
 from streams.settings import Settings
 
 
@@ -43,18 +43,26 @@ def make_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        # Our topics are created by `streams topics create` from streams.topics.
+        # Our topics are created by `streams topics create` from streams.kafka.topics.
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # Work records and dead letters repeat the entity JSON; lz4 shrinks them several-fold.
         producer_compression_type="lz4",
-        # faust insists request timeout >= session timeout (60 s by default).
-        broker_request_timeout=max(90.0, settings.kafka_timeout * 3),
+        # A work record or dead letter up to what the topics take (aiokafka's default is 1 MiB,
+        # less than a valid ingest record's work record: it was refused and retried forever).
+        producer_max_request_size=max_message_bytes(settings),
+        # faust insists request timeout >= session timeout.
+        broker_request_timeout=max(90.0, settings.kafka_timeout * 3, settings.session_timeout * 2),
+        # A killed worker's partitions move after the session timeout (faust's default is 60 s:
+        # a minute of nothing for each kill); heartbeats a third of it apart, as Kafka advises.
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout / 3),
+        consumer_group_instance_id=settings.instance_id,
         broker_commit_interval=1.0,
         stream_wait_empty=False,
         web_enabled=port != 0,
         web_port=port or 6066,
-        web_bind="0.0.0.0",
+        web_bind="0.0.0.0",  # noqa: S104 - /health and /metrics are read from outside the host or container
         autodiscover=False,
     )

@@ -22,9 +22,12 @@ ORIGIN_PARTITION = "x-origin-partition"
 ORIGIN_OFFSET = "x-origin-offset"
 RUN_ID = "x-run-id"
 REPLAY_ID = "x-replay-id"
+# On a dead letter that holds only the first bytes of its record: the record's whole length.
+EXCERPT_OF = "x-excerpt-of"
 
 OURS = (ATTEMPT, DUE_AT, FIRST_FAILED_AT, ERROR_CLASS, ERROR, HTTP_STATUS, ORIGIN_TOPIC,
-        ORIGIN_PARTITION, ORIGIN_OFFSET, RUN_ID, REPLAY_ID)
+        ORIGIN_PARTITION, ORIGIN_OFFSET, RUN_ID, REPLAY_ID, EXCERPT_OF)
+EXCERPT_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,17 @@ def cap(text: str) -> str:
     """Error text is capped at 1 KiB of UTF-8."""
     data = text.encode("utf-8")
     return text if len(data) <= MAX_ERROR_TEXT else data[:MAX_ERROR_TEXT].decode("utf-8", errors="ignore")
+
+
+def bounded(value: bytes | None, limit: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A dead letter's value: the record itself when it is at most `limit` bytes, else its first
+    EXCERPT_BYTES and a header with its length. The origin headers say where the whole record is
+    (for as long as the origin topic keeps it); a dead letter never fails for its size."""
+    value = value or b""
+    if len(value) <= limit:
+        return value, []
+    # An excerpt is always shorter than the record and than the limit, so the header never lies.
+    return value[:min(EXCERPT_BYTES, limit)], [(EXCERPT_OF, str(len(value)).encode())]
 
 
 def failure_headers(

@@ -1,15 +1,18 @@
-"""Pure logic of the plan-apply step: request bodies, and where each entity goes once the
-target answered (applied, a retry tier, or the dead-letter topic)."""
+"""Pure logic of the plan-apply step: where each entity goes once the target answered (applied,
+a retry tier, or the dead-letter topic), the records that take it there, and what a record
+delivered again finds it already did. No I/O: streams.agents.plan_apply does the calls, the
+store (streams.db.apply_store) the writes."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, State
-from streams.pipeline.retry import DeadLetter, decide
+from streams.pipeline.retry import SendToDlq, decide
+from streams.records import WorkItem, WorkRecord, fit
 
 
 @dataclass
@@ -69,7 +72,7 @@ def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[fl
         assert failure is not None
         decision = decide(failure.error_class, attempt=attempt, tiers=tiers, now_ms=now_ms,
                           retry_after=failure.retry_after)
-        if isinstance(decision, DeadLetter):
+        if isinstance(decision, SendToDlq):
             routing.dead[failure.error_class].add(outcome.id, failure)
         else:
             routing.retry[decision.tier].add(outcome.id, failure, decision.due_at_ms)
@@ -77,3 +80,75 @@ def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[fl
 
 
 SUCCESS_NAMES = {State.APPLIED: "applied", State.NO_CHANGES: "no_changes"}
+
+
+@dataclass(frozen=True)
+class Leaving:
+    """The records a settled work record sends: per tier its retry records, and its dead letters
+    with their error class, each split to fit the topics (records.fit). Made before the rows
+    are routed: each record's id is the claim its rows get."""
+
+    retries: dict[int, list[WorkRecord]]
+    deads: list[tuple[ErrorClass, WorkRecord]]
+
+
+def leaving(work: WorkRecord, items: Sequence[WorkItem], routing: Routing, budget: int) -> Leaving:
+    by_id = {item.id: item for item in items}
+    retries = {tier: fit(retry_work(work, tier, group, by_id), budget) for tier, group in routing.retry.items()}
+    deads = [(error_class, part) for error_class, group in routing.dead.items()
+             for part in fit(dead_work(work, error_class, group, by_id), budget)]
+    return Leaving(retries, deads)
+
+
+def retry_work(work: WorkRecord, tier: int, group: FailedGroup, by_id: dict[str, WorkItem]) -> WorkRecord:
+    """The retry record of `group` on `tier`: the next attempt, the errors that sent it there."""
+    return work.derived(f"+t{tier}", tuple(by_id[i] for i in group.ids), attempt=work.attempt + 1,
+                        errors=dict(zip(group.ids, group.errors, strict=True)))
+
+
+def dead_work(work: WorkRecord, error_class: ErrorClass, group: FailedGroup, by_id: dict[str, WorkItem]) -> WorkRecord:
+    """The dead letter of `group`: the attempt that failed, with each entity's error."""
+    return work.derived(f"+d{error_class.value}", tuple(by_id[i] for i in group.ids),
+                        errors=dict(zip(group.ids, group.errors, strict=True)))
+
+
+@dataclass
+class Earlier:
+    """What an earlier delivery of a work record did, read back from its rows: the counts to
+    report again, and the records to send again (under the ids the rows hold)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    retries: dict[tuple[int, str], FailedGroup] = field(default_factory=lambda: defaultdict(FailedGroup))
+    deads: dict[tuple[ErrorClass, str], FailedGroup] = field(default_factory=lambda: defaultdict(FailedGroup))
+
+
+def earlier(rows: Iterable[Any], tiers: int) -> Earlier:
+    """`rows`: (id, state, claimed_by, retry_tier, due_at_ms, last_error) as routed_by_claim
+    reads them (streams.db.apply_store.RoutedRow)."""
+    found = Earlier()
+    for row in rows:
+        state = State(row.state)
+        if state in SUCCESS_NAMES:
+            found.counts[SUCCESS_NAMES[state]] += 1
+        elif state is State.PENDING_RETRY:
+            tier = min(int(row.retry_tier or 0), tiers - 1)
+            found.retries[(tier, row.claimed_by)].add(row.id, failure_from(row.last_error), int(row.due_at_ms or 0))
+            found.counts["retry_in"] += 1
+        elif state is State.FAILED:
+            failure = failure_from(row.last_error)
+            found.deads[(failure.error_class, row.claimed_by)].add(row.id, failure)
+            found.counts["dead_lettered"] += 1
+        elif state is State.ERRORED:
+            found.counts["dead_lettered"] += 1  # the dead-letter agent already has it
+    return found
+
+
+def failure_from(last_error: Any) -> Failure:
+    """The failure a row's `last_error` records (the `Failure.as_json` shape)."""
+    error = last_error if isinstance(last_error, dict) else {}
+    try:
+        error_class = ErrorClass(error.get("class", "transient"))
+    except ValueError:
+        error_class = ErrorClass.PERMANENT
+    return Failure(error_class, str(error.get("message", "failed")), error.get("http_status"),
+                   detail=error.get("detail"))

@@ -84,6 +84,7 @@ def new_id() -> uuid.UUID:
 class ChunkPlan:
     rows: list[tuple[object, ...]] = field(default_factory=list)  # COPY rows of ingestion_logs
     duplicate_counts: Counter[uuid.UUID] = field(default_factory=Counter)  # existing id -> + n
+    duplicates: list[tuple[uuid.UUID, str, int]] = field(default_factory=list)  # (existing id, run, batch)
     batch_counts: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # -> (new, dup)
     work: list[WorkRecord] = field(default_factory=list)
 
@@ -104,6 +105,7 @@ def plan_chunk(batches: list[HashedBatch], existing: dict[bytes, uuid.UUID]) -> 
             known = seen.get(digest)
             if known is not None:
                 plan.duplicate_counts[known] += 1
+                plan.duplicates.append((known, batch.run_id, batch.batch))
                 duplicates += 1
                 continue
             row_id = new_id()

@@ -111,7 +111,8 @@ class Failure:
             out["http_status"] = self.http_status
         if self.detail:
             text = orjson.dumps(self.detail, default=str)
-            out["detail"] = self.detail if len(text) <= MAX_ERROR_TEXT else {"truncated": text[:MAX_ERROR_TEXT].decode(errors="ignore")}
+            fits = len(text) <= MAX_ERROR_TEXT
+            out["detail"] = self.detail if fits else {"truncated": text[:MAX_ERROR_TEXT].decode(errors="ignore")}
         return out
 
 
@@ -166,7 +167,8 @@ def classify_transport_error(ids: Sequence[str], error: BaseException) -> CallRe
     return whole(ids, Failure(ErrorClass.TRANSIENT, message, request=RequestFault.UNAVAILABLE))
 
 
-def classify_response(ids: Sequence[str], status: int, headers: Mapping[str, str], body: bytes, now: float) -> CallResult:
+def classify_response(ids: Sequence[str], status: int, headers: Mapping[str, str], body: bytes,
+                      now: float) -> CallResult:
     if status in (200, 207):
         return _classify_results(ids, status, body)
     retry_after = parse_retry_after(headers.get("retry-after"), now)

@@ -26,11 +26,11 @@ class RetryAt:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class SendToDlq:
     reason: str
 
 
-Decision = RetryAt | DeadLetter
+Decision = RetryAt | SendToDlq
 
 
 def decide(error_class: ErrorClass, *, attempt: int, tiers: Sequence[float], now_ms: int,
@@ -39,10 +39,10 @@ def decide(error_class: ErrorClass, *, attempt: int, tiers: Sequence[float], now
     if attempt < 1:
         raise ValueError("attempts are numbered from 1")
     if error_class is not ErrorClass.TRANSIENT:
-        return DeadLetter(f"{error_class.value} failure")
+        return SendToDlq(f"{error_class.value} failure")
     ladder = attempt - 1
     if ladder >= len(tiers):
-        return DeadLetter(f"transient failure after {attempt} attempts, the last retry tier included")
+        return SendToDlq(f"transient failure after {attempt} attempts, the last retry tier included")
     tier = ladder
     wait = tiers[tier]
     if retry_after is not None and retry_after > wait:

@@ -18,28 +18,19 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
-from typing import Any
+from contextlib import contextmanager
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Message
 from pydantic import ValidationError
 
-from streams.errors import StreamsError, TopicError
-from streams.kafka.config import confluent_config
+from streams.errors import StreamsError
+from streams.kafka.producer import CheckedProducer, DeliveryError
+from streams.kafka.reader import KafkaUnavailable, Reader
+from streams.kafka.topics import topic_names
 from streams.models import RunCompleted
 from streams.settings import Settings
-from streams.topics import topic_names
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +50,7 @@ class CompletionsUnavailable(StreamsError, ConnectionError):
 
 def partition_for(run_id: str, partitions: int) -> int:
     """The partition of a run's completions: murmur2 of the key, as the Java client does."""
-    return (murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(run_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def decode(message: Message) -> RunCompleted | None:
@@ -75,34 +66,6 @@ def encode(completed: RunCompleted) -> bytes:
     return completed.model_dump_json().encode()
 
 
-def _consumer(settings: Settings, **extra: Any) -> Consumer:
-    # No group: readers assign partitions themselves and never commit.
-    return Consumer(confluent_config(settings, **{
-        "group.id": f"streams-completions-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-        "fetch.wait.max.ms": 100, **extra}))
-
-
-def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    except KafkaException as exc:
-        raise CompletionsUnavailable(f"cannot read the metadata of {topic}: {exc.args[0]}") from exc
-    if metadata is None or metadata.error is not None or not metadata.partitions:
-        raise TopicError(f"topic {topic!r} does not exist: run `streams topics create` first")
-    return sorted(metadata.partitions)
-
-
-def _messages(consumer: Consumer, deadline: float) -> Iterator[Message]:
-    """Records from the assigned partitions until `deadline` (monotonic)."""
-    while (left := deadline - time.monotonic()) > 0:
-        for message in consumer.consume(500, timeout=min(_POLL, left)):
-            error = message.error()
-            if error is None:
-                yield message
-            elif error.code() != KafkaError._PARTITION_EOF and (error.fatal() or not error.retriable()):
-                raise CompletionsUnavailable(f"cannot read completions: {error.str()}")
-
-
 # --- readers -------------------------------------------------------------------------------
 
 
@@ -113,18 +76,14 @@ def read_completions(settings: Settings, *, from_beginning: bool = True,
     Ends after `timeout` seconds in all (None: never); break out of the loop to stop sooner.
     """
     topic = topic_names(settings).completions
-    consumer = _consumer(settings)
-    try:
+    with _reading(), Reader(settings) as reader:
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        consumer.assign([TopicPartition(topic, p, start)
-                         for p in _partitions(consumer, topic, settings.kafka_timeout)])
+        reader.assign((topic, p, start) for p in reader.partitions(topic))
         deadline = time.monotonic() + timeout if timeout is not None else float("inf")
-        for message in _messages(consumer, deadline):
+        for message in reader.messages(deadline):
             completed = decode(message)
             if completed is not None:
                 yield completed
-    finally:
-        consumer.close()
 
 
 def wait_for_completion(settings: Settings, run_id: str, *, timeout: float,
@@ -134,13 +93,12 @@ def wait_for_completion(settings: Settings, run_id: str, *, timeout: float,
     topic = topic_names(settings).completions
     key = run_id.encode()
     deadline = time.monotonic() + timeout
-    consumer = _consumer(settings)
-    try:
-        partition = partition_for(run_id, len(_partitions(consumer, topic, settings.kafka_timeout)))
-        _, caught_up_at = _watermarks(consumer, topic, partition, settings.kafka_timeout)
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+    with _reading(), Reader(settings) as reader:
+        partition = partition_for(run_id, len(reader.partitions(topic)))
+        _, caught_up_at = reader.watermarks(topic, partition)
+        reader.assign([(topic, partition, OFFSET_BEGINNING)])
         latest: RunCompleted | None = None
-        for message in _messages(consumer, deadline):
+        for message in reader.messages(deadline):
             completed = decode(message) if message.key() == key else None
             if completed is not None:
                 if revision is not None and completed.revision == revision:
@@ -148,21 +106,18 @@ def wait_for_completion(settings: Settings, run_id: str, *, timeout: float,
                 if revision is None and (latest is None or completed.revision > latest.revision):
                     latest = completed
             # The records that were there when we started are read: the latest of them is the answer.
-            if revision is None and latest is not None and message.offset() + 1 >= caught_up_at:
+            if revision is None and latest is not None and (message.offset() or 0) + 1 >= caught_up_at:
                 return latest
-    finally:
-        consumer.close()
     what = f"revision {revision} of run {run_id!r}" if revision is not None else f"run {run_id!r}"
     raise CompletionTimeout(f"no completion of {what} on {topic} within {timeout:g}s")
 
 
-def _watermarks(consumer: Consumer, topic: str, partition: int, timeout: float) -> tuple[int, int]:
+@contextmanager
+def _reading() -> Iterator[None]:
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout,
-                                                   cached=False)
-    except KafkaException as exc:
-        raise CompletionsUnavailable(f"cannot read the offsets of {topic}: {exc.args[0]}") from exc
-    return low, high
+        yield
+    except KafkaUnavailable as exc:
+        raise CompletionsUnavailable(str(exc)) from exc
 
 
 # --- the tracker's side ----------------------------------------------------------------------
@@ -177,36 +132,34 @@ class CompletionLog:
         self._settings = settings
         self._timeout = settings.kafka_timeout
         self._partition_count: int | None = None
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._consumer: Reader | None = None
+        self._producer: CheckedProducer | None = None
 
     def partition(self, run_id: str) -> int:
         if self._partition_count is None:
-            self._partition_count = len(_partitions(self._reader(), self.topic, self._timeout))
+            with _reading():
+                self._partition_count = len(self._reader().partitions(self.topic))
         return partition_for(run_id, self._partition_count)
 
     def find(self, run_id: str, revision: int, *, since_ms: int) -> RunCompleted | None:
         """The completion (run_id, revision) if it is on the topic at or after `since_ms`."""
-        consumer = self._reader()
+        reader = self._reader()
         partition = self.partition(run_id)
-        try:
-            [start] = consumer.offsets_for_times(
-                [TopicPartition(self.topic, partition, max(0, since_ms))], timeout=self._timeout)
-        except KafkaException as exc:
-            raise CompletionsUnavailable(f"cannot look up offsets of {self.topic}: {exc.args[0]}") from exc
-        _, end = _watermarks(consumer, self.topic, partition, self._timeout)
-        if start.offset < 0 or start.offset >= end:
-            return None  # nothing written since then
-        key = run_id.encode()
-        consumer.assign([TopicPartition(self.topic, partition, start.offset)])
-        try:
-            for message in _messages(consumer, time.monotonic() + self._timeout * 3):
-                if message.key() == key and (completed := decode(message)) and completed.revision == revision:
-                    return completed
-                if message.offset() + 1 >= end:
-                    return None
-        finally:
-            consumer.unassign()
+        with _reading():
+            start = reader.offset_for_time(self.topic, partition, since_ms)
+            _, end = reader.watermarks(self.topic, partition)
+            if start < 0 or start >= end:
+                return None  # nothing written since then
+            key = run_id.encode()
+            reader.assign([(self.topic, partition, start)])
+            try:
+                for message in reader.messages(time.monotonic() + self._timeout * 3):
+                    if message.key() == key and (completed := decode(message)) and completed.revision == revision:
+                        return completed
+                    if (message.offset() or 0) + 1 >= end:
+                        return None
+            finally:
+                reader.unassign()
         raise CompletionsUnavailable(f"reading {self.topic} partition {partition} up to {end} timed out")
 
     def send(self, completed: RunCompleted) -> None:
@@ -216,23 +169,14 @@ class CompletionLog:
         way to the broker when the caller looks for the record again.
         """
         producer = self._writer()
-        errors: list[KafkaError] = []
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                errors.append(error)
-
         try:
-            producer.produce(self.topic, key=completed.run_id.encode(), value=encode(completed),
-                             partition=self.partition(completed.run_id), on_delivery=delivered)
-        except (KafkaException, BufferError) as exc:
-            raise CompletionsUnavailable(f"cannot send a completion to {self.topic}: {exc}") from exc
-        remaining = producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)
-        if remaining or errors:
-            if any(e.fatal() for e in errors):
-                self._close_writer()  # an idempotent producer in a fatal state only fails from now on
-            reason = errors[0].str() if errors else "no delivery report"
-            raise CompletionsUnavailable(f"completion of {completed.run_id!r} not written: {reason}")
+            producer.send(self.topic, key=completed.run_id.encode(), value=encode(completed),
+                          partition=self.partition(completed.run_id), what=f"completion of {completed.run_id!r}")
+            producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)
+        except DeliveryError as exc:
+            # An idempotent producer in a fatal state only fails from now on: start a new one.
+            self._close_writer()
+            raise CompletionsUnavailable(f"completion of {completed.run_id!r} not written: {exc}") from exc
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -240,19 +184,17 @@ class CompletionLog:
             self._consumer = None
         self._close_writer()
 
-    def _reader(self) -> Consumer:
+    def _reader(self) -> Reader:
         if self._consumer is None:
-            self._consumer = _consumer(self._settings, **{"enable.partition.eof": False})
+            self._consumer = Reader(self._settings)
         return self._consumer
 
-    def _writer(self) -> Producer:
+    def _writer(self) -> CheckedProducer:
         if self._producer is None:
-            self._producer = Producer(confluent_config(self._settings, **{
-                "enable.idempotence": True, "acks": "all", "linger.ms": 0,
-                "message.timeout.ms": DELIVERY_TIMEOUT_MS}))
+            self._producer = CheckedProducer(self._settings, delivery_timeout=DELIVERY_TIMEOUT_MS / 1000, linger_ms=0)
         return self._producer
 
     def _close_writer(self) -> None:
         if self._producer is not None:
-            self._producer.flush(1)
+            self._producer.close()
             self._producer = None

@@ -20,10 +20,10 @@ replay settled failed batches, for example).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from streams.models import RunCompleted
+from streams.models import BatchCounts, EntityCounts, RunCompleted
 from streams.records import RunEvent
 
 Outcome = Literal["completed", "failed"]
@@ -192,10 +192,10 @@ class RunProgress:
         return RunCompleted(
             kind="run_completed", run_id=self.run_id, revision=revision,
             status="succeeded" if t.batches_failed == 0 else "failed",
-            batches={"total": self.batches_total or 0, "completed": t.batches_completed,
-                     "failed": t.batches_failed},
-            entities={"accepted": t.entities_accepted, "applied": t.applied, "no_changes": t.no_changes,
-                      "duplicates": t.duplicates, "errored": t.errored},
+            batches=BatchCounts(total=self.batches_total or 0, completed=t.batches_completed,
+                                failed=t.batches_failed),
+            entities=EntityCounts(accepted=t.entities_accepted, applied=t.applied, no_changes=t.no_changes,
+                                  duplicates=t.duplicates, errored=t.errored),
             sealed_at=_utc(self.sealed_at or at_ms), completed_at=_utc(at_ms),
         )
 
@@ -223,4 +223,4 @@ def signature_of(completed: RunCompleted) -> Signature:
 
 
 def _utc(epoch_ms: int) -> datetime:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)

@@ -58,7 +58,7 @@ is set in the task iterating the stream, so events are handled there, one at a t
 events are a few per batch), rather than through GuardedBatches' reader task. Each partition
 is counted in offset order from its committed offset: faust can drop records around a
 rebalance, and the tracker reads a partition again from the first record it missed
-(streams/runs/positions.py says how the records get lost).
+(streams/kafka/positions.py says how the records get lost).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -78,15 +78,16 @@ import orjson
 from faust.types import TP
 
 from streams import metrics
-from streams.agents.batching import backoff
-from streams.agents.resources import Resources
+from streams.backoff import delay, until_done
+from streams.db.runs_store import RunsStore
+from streams.kafka.checkpoint import Ack, Checkpoint
+from streams.kafka.positions import Positions, committed_offsets
+from streams.kafka.topics import topic_names
 from streams.records import RunEvent
-from streams.runs import store
+from streams.resources import Resources
 from streams.runs.completions import CompletionLog
-from streams.runs.positions import Positions, committed_offsets
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, count
 from streams.settings import Settings
-from streams.topics import topic_names
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,6 @@ MIRROR_EVERY = 200
 IDLE_BEHIND = 2.0
 
 
-def batches_changelog(settings: Settings) -> str:
-    return f"{settings.topic_prefix}ingest.run-batches-changelog"
-
-
 def batch_key(run_id: str, batch: int) -> str:
     return f"{run_id}:{batch}"
 
@@ -113,13 +110,13 @@ class RunTracker:
         names = topic_names(settings)
         self.app = app
         self.settings = settings
-        self.resources = resources
+        self.store = RunsStore(resources.db)
         self.topic = names.run_events
         self.completions = CompletionLog(settings)
         self.positions = Positions()
         self.batches = app.Table(
             "run_batches", key_type=str, partitions=settings.partitions, on_recover=self._recount,
-            changelog_topic=_changelog(app, batches_changelog(settings), settings.partitions))
+            changelog_topic=_changelog(app, names.run_batches_changelog, settings.partitions))
         self.progress = app.Table(
             "run_progress", key_type=str, partitions=settings.partitions,
             changelog_topic=_changelog(app, names.run_progress_changelog, settings.partitions))
@@ -171,17 +168,17 @@ class RunTracker:
                 return True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every error waits and retries; see the docstring
+            except Exception as exc:
                 attempt += 1
                 message = event.message
                 metrics.RETRIES.labels(agent=AGENT).inc()
                 log.error("run event not counted; it will be processed again", exc_info=attempt == 1, extra={
                     "agent": AGENT, "error": type(exc).__name__, "detail": str(exc)[:300], "attempt": attempt,
                     "topic": message.topic, "partition": message.partition, "offset": message.offset})
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(delay(attempt))
         return False
 
-    async def _on_revoked(self, _sender: Any, _revoked: Any, **_kwargs: Any) -> None:
+    async def _on_revoked(self, _sender: Any, /, *_args: Any, **_kwargs: Any) -> None:
         # The event being counted finishes (its completion sent and recorded) before this worker
         # rejoins the group, so the next owner of its run never works on it at the same time.
         self._generation += 1
@@ -195,7 +192,7 @@ class RunTracker:
     async def handle(self, event: faust.types.EventT) -> None:
         message = event.message
         try:
-            run_event = RunEvent.decode(message.value)
+            run_event = RunEvent.decode(message.value or b"")
         except (orjson.JSONDecodeError, TypeError, ValueError):
             # Nothing in it can be counted; our agents never write such a record.
             metrics.RECORDS.labels(agent=AGENT, outcome="invalid").inc()
@@ -265,17 +262,14 @@ class RunTracker:
         """Emit revision + 1 of a due run (or find it already emitted); see the docstring."""
         revision = progress.revision + 1
         await self.app.producer.flush()
-        pool = await self.resources.pool()
-        async with pool.connection() as conn, conn.transaction():
-            await store.lock_run(conn, progress.run_id)
+        async with self.store.completing(progress.run_id) as completing:
             found = await asyncio.to_thread(self.completions.find, progress.run_id, revision,
                                             since_ms=event_ms - SCAN_SLACK_MS)
             completed = found or progress.completion(revision, int(time.time() * 1000))
             if found is None:
                 await asyncio.to_thread(self.completions.send, completed)
             done = progress.emitted_as(completed)
-            await store.record_completion(conn, completed)
-            await store.mirror(conn, [done])
+            await completing.record(completed, [done])
         self._save(done)
         await self.app.producer.flush()
         message = "run completed" if found is None else "run completion found on the topic; not sent again"
@@ -326,7 +320,7 @@ class RunTracker:
         ends: dict[Any, int | None] = {}
         for tp in list(self.positions.next):
             try:
-                ends[tp] = self.app.consumer.highwater(tp)
+                ends[tp] = self.app.consumer.highwater(TP(*tp))
             except Exception:  # noqa: BLE001 - not known (yet): nothing to compare
                 ends[tp] = None
         return ends
@@ -342,38 +336,36 @@ class RunTracker:
                                               "partition": tp.partition, "offset": offset})
 
     async def _flush_until_done(self, stream: faust.StreamT) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._flush(stream)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - acks wait until the mirror is written
-                attempt += 1
-                log.warning("run progress mirror not written; retrying", extra={
-                    "agent": AGENT, "error": type(exc).__name__, "detail": str(exc)[:300],
-                    "attempt": attempt})
-                await asyncio.sleep(backoff(attempt))
+        # Acks wait until the mirror is written: an event is never acked before it.
+        await until_done(lambda: self._flush(stream), what="run progress mirror", extra={"agent": AGENT})
 
     async def _flush(self, stream: faust.StreamT) -> None:
+        """The tracker's checkpoint: its outputs (faust's table writes, flushed by faust before
+        it commits; the Postgres mirror) before the acks."""
         async with self._flushing:
             events, dirty = self._unacked, self._dirty
             if not events and not dirty:
                 return
             self._unacked, self._dirty = [], {}
-            try:
+
+            async def mirror() -> None:
                 if dirty:
-                    pool = await self.resources.pool()
-                    async with pool.connection() as conn, conn.transaction():
-                        await store.mirror(conn, sorted(dirty.values(), key=lambda p: p.run_id))
+                    await self.store.mirror(sorted(dirty.values(), key=lambda p: p.run_id))
+
+            try:
+                await Checkpoint(_acker(stream), flush=mirror).commit(events)
             except BaseException:
                 # Put them back for the next try; snapshots taken since are newer and win.
                 self._unacked = events + self._unacked
                 self._dirty = {**dirty, **self._dirty}
                 raise
-            for event in events:
-                await stream.ack(event)
+
+
+def _acker(stream: faust.StreamT) -> Ack:
+    async def ack(events: Sequence[Any]) -> None:
+        for event in events:
+            await stream.ack(event)
+    return ack
 
 
 def register_tracker(app: faust.App, settings: Settings, resources: Resources,

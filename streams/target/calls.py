@@ -32,10 +32,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from streams import metrics
 from streams.errors import TargetUnavailable
+from streams.gates import GATES, GateName
 from streams.pipeline.breaker import Breaker, BreakerState
 from streams.pipeline.outcomes import CallResult, EntityOutcome, Failure, RequestFault, whole
 from streams.pipeline.sizing import RequestSizer, split
@@ -43,6 +44,9 @@ from streams.records import WorkItem
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+TARGET_SCOPE = "target"
+_BREAKER_GATES = (GateName.BREAKER_OPEN, GateName.CREDENTIALS_REFUSED, GateName.TARGET_MISCONFIGURED)
 
 Body = list[dict[str, Any]]
 Send = Callable[[Sequence[dict[str, Any]]], Awaitable[CallResult]]
@@ -52,7 +56,10 @@ QUICK_RETRY_MAX_AFTER = 1.0  # a Retry-After longer than this is honoured throug
 
 
 # Requests made by the apply() being awaited, counted across the tasks it gathers.
-_REQUESTS: contextvars.ContextVar[list[int]] = contextvars.ContextVar("streams_target_requests", default=[0])
+_REQUESTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("streams_target_requests", default=None)
+# Entities of the current apply() that failed on their own before (see _isolate).
+_SUSPECTS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("streams_target_suspects",
+                                                                          default=frozenset())
 
 
 @dataclass(frozen=True)
@@ -81,15 +88,18 @@ class TargetCalls:
         if not self.breaker.allow(now):
             raise TargetUnavailable(self._why(), self.breaker.wait(now))
 
-    async def apply(self, items: Sequence[WorkItem]) -> Applied:
-        """Every entity's outcome; raises TargetUnavailable when the flow must wait."""
+    async def apply(self, items: Sequence[WorkItem], *, suspects: frozenset[str] = frozenset()) -> Applied:
+        """Every entity's outcome; raises TargetUnavailable when the flow must wait. `suspects`:
+        ids of entities that failed on their own on an earlier attempt (a retry record's)."""
         bodies = split(items, self.sizer.size(), self.max_bytes)
         tally = _REQUESTS.set([0])
+        marked = _SUSPECTS.set(suspects)
         try:
-            results = await _all(self._call(body) for body in bodies)
-            requests = _REQUESTS.get()[0]
+            results = await _all([self._call(body) for body in bodies])
+            requests = (_REQUESTS.get() or [0])[0]
         finally:
             _REQUESTS.reset(tally)
+            _SUSPECTS.reset(marked)
         return Applied([outcome for result in results for outcome in result], requests)
 
     # --- one request ----------------------------------------------------------------------------
@@ -108,7 +118,9 @@ class TargetCalls:
         return result
 
     async def _timed(self, body: Body) -> CallResult:
-        _REQUESTS.get()[0] += 1  # the tasks of one apply() share the list
+        tally = _REQUESTS.get()
+        if tally is not None:
+            tally[0] += 1  # the tasks of one apply() share the list
         started = self._clock()
         result = await self.send_request(body)
         failure = result.request_failure
@@ -164,13 +176,19 @@ class TargetCalls:
         half = len(body) // 2
         parts = (body[:half], body[half:])
         results = await _all([self._send(part) for part in parts])
-        if all(_failed_whole(result) for result in results):
-            probe = [self._rng.choice(body)]
+        suspects = _SUSPECTS.get()
+        unsuspected = [item for item in body if item["id"] not in suspects]
+        # Entities that each failed alone before fail together now: that says nothing about the
+        # target (a retry record of poison entities would otherwise hold the breaker open for
+        # ever), so they are isolated one by one and climb the tiers. With an unsuspected entity
+        # the probe is one of those: if even that fails alone, the target is down.
+        if unsuspected and all(_failed_whole(result) for result in results):
+            probe = [self._rng.choice(unsuspected)]
             if _failed_whole(await self._send(probe)):
-                failure = Failure(results[0].request_failure.error_class,  # type: ignore[union-attr]
-                                  "target failed every request, a single entity included",
-                                  results[0].request_failure.http_status,  # type: ignore[union-attr]
-                                  request=RequestFault.UNAVAILABLE)
+                first = results[0].request_failure
+                assert first is not None  # _failed_whole checked it
+                failure = Failure(first.error_class, "target failed every request, a single entity included",
+                                  first.http_status, request=RequestFault.UNAVAILABLE)
                 self._unavailable(failure)
                 return list(whole([item["id"] for item in body], failure).outcomes)
         metrics.RECORDS.labels(agent="plan-apply", outcome="isolated").inc()
@@ -185,6 +203,7 @@ class TargetCalls:
             log.info("target answers again; circuit breaker closed")
         self.breaker.success()
         metrics.BREAKER_OPEN.set(0)
+        GATES.release_scope(TARGET_SCOPE, *_BREAKER_GATES)
 
     def _unavailable(self, failure: Failure) -> None:
         before = self.breaker.state
@@ -193,6 +212,8 @@ class TargetCalls:
         if after is BreakerState.OPEN and before is not BreakerState.OPEN:
             log.error("target circuit breaker opened; work waits instead of climbing the retry tiers",
                       extra={"cooldown_s": self.breaker.current_cooldown, "reason": self.breaker.reason})
+        if after is BreakerState.OPEN:
+            self._gate(GateName.BREAKER_OPEN)
         self._wait_if_open()
 
     def _wait_if_open(self) -> None:
@@ -204,6 +225,8 @@ class TargetCalls:
         before = self.breaker.state
         self.breaker.trip(self._clock(), failure.message[:300])
         metrics.BREAKER_OPEN.set(1)
+        self._gate(GateName.CREDENTIALS_REFUSED if failure.request is RequestFault.CREDENTIALS
+                   else GateName.TARGET_MISCONFIGURED)
         if before is not BreakerState.OPEN:
             what = ("the target refuses our credentials" if failure.request is RequestFault.CREDENTIALS
                     else "the target URL or request envelope is wrong")
@@ -211,6 +234,12 @@ class TargetCalls:
                 "http_status": failure.http_status, "reason": failure.message[:300],
                 "cooldown_s": self.breaker.current_cooldown})
         return TargetUnavailable(self._why(), self.breaker.wait(self._clock()) or 1.0)
+
+    def _gate(self, name: GateName) -> None:
+        # The breaker's clock is monotonic; a gate says when in wall-clock time.
+        reopens = time.time() + self.breaker.wait(self._clock())
+        GATES.hold(name, TARGET_SCOPE, f"{self.breaker.reason or 'circuit breaker open'} "
+                   f"(probing every {self.breaker.current_cooldown:g}s)", until=reopens)
 
     def _why(self) -> str:
         return self.breaker.reason or "the target's circuit breaker is open"
@@ -221,11 +250,11 @@ def _failed_whole(result: CallResult) -> bool:
     return failure is not None and failure.request in (RequestFault.BROKEN, RequestFault.UNAVAILABLE)
 
 
-async def _all(calls: Any) -> list[Any]:
+async def _all(calls: Sequence[Awaitable[T]]) -> list[T]:
     """Like asyncio.gather, but every call finishes before the first error is raised, so none
     is left running unobserved."""
     results = await asyncio.gather(*calls, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return results
+    return cast(list[T], results)

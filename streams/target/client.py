@@ -68,9 +68,10 @@ class TargetClient:
         }
         self._oauth: AsyncOAuth2Client | None = None
         if settings.target_token_url:
+            secret = settings.target_client_secret
             self._oauth = AsyncOAuth2Client(
                 client_id=settings.target_client_id,
-                client_secret=settings.target_client_secret.get_secret_value() if settings.target_client_secret else None,
+                client_secret=secret.get_secret_value() if secret else None,
                 scope=settings.target_scope,
                 token_endpoint=settings.target_token_url,
                 grant_type="client_credentials",

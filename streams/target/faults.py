@@ -12,7 +12,8 @@ test that sends the same requests gets the same failures on every run and machin
   retries, as a real deadlock would; an id failing forever would be a permanent failure in
   disguise.
 - fail_first: the first N receipts of every id fail with the contention error, then it succeeds.
-- status_rate: drawn per (seed, request number), counted by the server from 1.
+- status_rate: drawn per (seed, request number), counted by the server from 1; status_first:
+  the first N requests, whatever the draw.
 - poison_pattern: the first entity whose JSON matches breaks the request (see poison_status).
 - db_down: every entity gets the plan error `internal error`, as with NetBox's database down.
 
@@ -47,6 +48,7 @@ class Faults(BaseModel):
     # 4xx here instead refuses the whole request and applies nothing.
     poison_status: Annotated[int, Field(ge=400, le=599)] = 500
     status_rate: Rate = 0.0
+    status_first: Annotated[int, Field(ge=0)] = 0  # the first N requests get status_code
     status_code: Annotated[int, Field(ge=400, le=599)] = 503
     retry_after: Annotated[int, Field(ge=0)] | None = None
     outage: bool = False
@@ -101,6 +103,8 @@ def request_status(faults: Faults, request_number: int) -> int | None:
     """The status to answer the `request_number`-th request with instead of serving it, if any."""
     if faults.outage:
         return 503
+    if request_number <= faults.status_first:
+        return faults.status_code
     if faults.status_rate and draw(faults.seed, "status", request_number) < faults.status_rate:
         return faults.status_code
     return None

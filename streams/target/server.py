@@ -49,7 +49,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +68,14 @@ from streams.target import faults as injected
 from streams.target.faults import EntityFault, Faults
 from streams.target.natural_keys import NaturalKeyError, natural_key
 from streams.target.store import (
-    Key, ObjectWrite, Session, StoredObject, StoreRejected, StoreUnavailable, TargetStore, WriteConflict,
+    Key,
+    ObjectWrite,
+    Session,
+    StoredObject,
+    StoreRejected,
+    StoreUnavailable,
+    TargetStore,
+    WriteConflict,
 )
 
 log = logging.getLogger(__name__)
@@ -464,7 +471,7 @@ def create_app(database_url: str, faults: Faults, *, pool_size: int = 8, token: 
     target = Target(TargetStore(database_url, pool_size=pool_size, statement_timeout=statement_timeout),
                     faults, token)
 
-    def admin(handler):  # type: ignore[no-untyped-def]
+    def admin(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             if not target.authorized(request):
                 return _error(403, "missing, unknown or expired bearer token")

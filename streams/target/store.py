@@ -26,7 +26,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from streams.db import queries as named_sql
-from streams.resources import sql_dir
+from streams.package_data import sql_dir
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class TargetStore:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute(queries()["lock_schema"])
-                await conn.execute(schema_sql())  # type: ignore[arg-type] - trusted file from sql/
+                await conn.execute(schema_sql())  # a trusted file from sql/
         except BaseException:
             await self._pool.close()
             raise
@@ -137,14 +137,14 @@ class Session:
         self._conn = conn
 
     async def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        cursor = await self._conn.execute(queries()[name], params)  # type: ignore[arg-type]
+        cursor = await self._conn.execute(queries()[name], params)
         return await cursor.fetchall()
 
     async def stored_results(self, ids: Sequence[str]) -> dict[str, str]:
         """{canonical id: change set JSON text} for the ids that already have a result."""
         if not ids:
             return {}
-        return dict(await self._rows("fetch_results", {"ids": list(ids)}))  # type: ignore[arg-type]
+        return dict(await self._rows("fetch_results", {"ids": list(ids)}))
 
     async def fetch_objects(self, keys: Sequence[Key]) -> dict[Key, StoredObject]:
         if not keys:

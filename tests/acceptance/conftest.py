@@ -19,7 +19,7 @@ def streams_cli(tmp_path: Path) -> Run:
     base_env = {key: value for key, value in os.environ.items() if not key.startswith("STREAMS_")}
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603
+        return subprocess.run(
             [sys.executable, "-m", "streams", *args],
             env={**base_env, **(env or {})}, cwd=tmp_path, capture_output=True, text=True,
             timeout=timeout, check=False,

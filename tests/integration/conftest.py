@@ -33,8 +33,9 @@ class Workers:
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.settings, self.log_dir, self.processes = settings, log_dir, []
 
-    def start(self, settings: Settings | None = None) -> subprocess.Popen[bytes]:
-        process = start_worker(settings or self.settings,
+    def start(self, settings: Settings | None = None, extra_env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        process = start_worker(settings or self.settings, extra_env=extra_env,
                                log_path=self.log_dir / f"worker-{len(self.processes)}.log")
         self.processes.append(process)
         return process

@@ -25,9 +25,9 @@ from streams.dlq.select import Filters
 from streams.dlq.sender import Sender
 from streams.kafka import headers as h
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import topic_names
 from streams.records import RunEvent, WorkItem, WorkRecord
 from streams.settings import Settings, to_env
-from streams.topics import topic_names
 from tests.helpers import consume_all, end_offsets, rows
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import pytest
 
 from streams.dev.workers import start_worker, stop_worker
 from streams.kafka.admin import create_topics
+from streams.kafka.topics import Role, TopicSpec
 from streams.settings import Settings
-from streams.topics import Role, TopicSpec
 from topologies import smoke
 
 pytestmark = pytest.mark.integration

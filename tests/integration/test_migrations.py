@@ -92,7 +92,7 @@ def test_concurrent_runs_apply_each_migration_once(database_url: str) -> None:
     def run() -> None:
         try:
             results.append(migrate(database_url, migrations))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(4)]

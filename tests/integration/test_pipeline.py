@@ -10,12 +10,12 @@ import pytest
 
 from streams.client.generate import generate_entities
 from streams.kafka import headers
+from streams.kafka.topics import topic_names
 from streams.pipeline.hashing import strip_metadata
 from streams.pipeline.outcomes import State
 from streams.settings import Settings
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names
 from tests.helpers import (
     committed,
     consume_all,

@@ -19,9 +19,9 @@ from streams.cli import main, produce
 from streams.client.generate import generate_entities
 from streams.client.producer import DeliveryError, IngestProducer
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import topic_names
 from streams.models import IngestBatch, Seal, parse_ingest_record
 from streams.settings import Settings
-from streams.topics import topic_names
 
 pytestmark = pytest.mark.integration
 

@@ -17,13 +17,13 @@ from confluent_kafka import Producer
 from streams.kafka import headers
 from streams.kafka.admin import create_topics
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import topic_names, topology
 from streams.pipeline.hashing import entity_hash
 from streams.pipeline.outcomes import State
 from streams.records import WorkItem, WorkRecord
 from streams.settings import Settings, to_env
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names, topology
 from tests.helpers import consume_all, rows, send_run, settled, state_counts, wait_for
 from tests.integration.conftest import Workers
 

@@ -26,15 +26,14 @@ from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka.admin import create_topics
 from streams.kafka.config import confluent_config
+from streams.kafka.topics import Role, TopicSpec, topic_names
 from streams.models import RunCompleted
 from streams.records import RunEvent, WorkItem, WorkRecord, batch_accepted, entities_settled, sealed
 from streams.runs.completions import encode, partition_for, read_completions, wait_for_completion
 from streams.runs.progress import BatchState, RunProgress
-from streams.runs.tracker import batches_changelog
 from streams.settings import Settings, to_env
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import Role, TopicSpec, topic_names
 from tests.helpers import committed, end_offsets, rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,7 +42,7 @@ PER_BATCH = 5
 KILL_RUN = 12  # batches of each run of the kill test
 # A killed worker's partitions move once the broker gives up on it: the shortest session the
 # broker allows (group.min.session.timeout.ms) keeps the kill tests short.
-FAST_FAILOVER = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1",
+FAST_FAILOVER = {"STREAMS_SESSION_TIMEOUT": "6",
                  # Each run event the tracker counts is in the logs of a failed test.
                  "STREAMS_LOG_LEVEL": "DEBUG"}
 
@@ -62,7 +61,7 @@ class Workers:
         """Until every live worker has its tables recovered (the tracker says so in its log).
 
         Tests produce once the workers are up: records waiting on partitions with no committed
-        offset while workers join can be lost by faust's consumer (see streams/runs/positions.py);
+        offset while workers join can be lost by faust's consumer (see streams/kafka/positions.py);
         the tracker reads its own again, the other agents do not (yet)."""
         def ready() -> bool:
             return all(_log_of(self.log_dir, self.processes.index(p)).count("run progress recovered")
@@ -378,7 +377,7 @@ def crashed_state(settings: Settings, run_id: str, progress: RunProgress) -> lis
     names = topic_names(settings)
     partition = partition_for(run_id, settings.partitions)
     events = one_batch_run(run_id)
-    produce_to(settings, batches_changelog(settings), partition,
+    produce_to(settings, topic_names(settings).run_batches_changelog, partition,
                [(orjson.dumps(f"{run_id}:0"), orjson.dumps(counted(events).to_json()))])
     produce_to(settings, names.run_progress_changelog, partition,
                [(orjson.dumps(run_id), orjson.dumps(progress.to_json()))])
@@ -392,8 +391,8 @@ def counted(events: list[RunEvent]) -> BatchState:
 
 def test_what_a_crash_leaves_in_the_changelogs_and_on_the_topic_is_recovered_exactly(
         pipeline: Settings, workers: Workers) -> None:
-    create_topics(pipeline, [TopicSpec(batches_changelog(pipeline), Role.CHANGELOG, pipeline.partitions, 1,
-                                       {"cleanup.policy": "compact"})])
+    create_topics(pipeline, [TopicSpec(topic_names(pipeline).run_batches_changelog, Role.CHANGELOG,
+                                       pipeline.partitions, 1, {"cleanup.policy": "compact"})])
     # "lost-sum": the first owner's batch record reached the changelog, its run record did not.
     # The run looks empty, and its redelivered events are recognised as counted already.
     lost = crashed_state(pipeline, "lost-sum", RunProgress("lost-sum", first_seen=1))
@@ -413,7 +412,7 @@ def test_what_a_crash_leaves_in_the_changelogs_and_on_the_topic_is_recovered_exa
         produce_to(pipeline, run_events, partition_for(run_id, pipeline.partitions),
                    [(run_id.encode(), e.encode()) for e in events])
     # Records waiting on partitions with no committed offset while a worker starts: the very case
-    # where faust's consumer drops some (streams/runs/positions.py); they must be read again.
+    # where faust's consumer drops some (streams/kafka/positions.py); they must be read again.
     workers.start()
 
     by_key = exactly_once(all_completions(pipeline, 2, workers))

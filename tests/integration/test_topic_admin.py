@@ -6,8 +6,8 @@ import pytest
 
 from streams.errors import TopicError
 from streams.kafka.admin import create_topics, describe_topics
+from streams.kafka.topics import Role, topology
 from streams.settings import Settings
-from streams.topics import Role, topology
 
 pytestmark = pytest.mark.integration
 

@@ -76,7 +76,7 @@ def test_a_configured_python_that_is_too_old_or_missing_is_refused(tmp_path: Pat
     old = tmp_path / "python"
     old.write_text("#!/bin/sh\necho 3.11.7; echo /usr/bin/python3.11\n")
     old.chmod(0o755)
-    with pytest.raises(DevServiceError, match=">= 3.12"):
+    with pytest.raises(DevServiceError, match=r">= 3\.12"):
         netbox_install.find_python(old)
 
 

@@ -22,9 +22,9 @@ from streams.dlq.select import (
     summarize,
 )
 from streams.kafka import headers as h
+from streams.kafka.topics import topic_names
 from streams.records import RunEvent, WorkItem, WorkRecord
 from streams.settings import Settings
-from streams.topics import topic_names
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -283,12 +283,13 @@ def test_to_work_a_fresh_record_with_the_replay_id() -> None:
                          headers={h.REPLAY_ID: "old"}, partition=1)
     wanted = [letter.work.items[1].id]  # type: ignore[union-attr]
     out = outgoing(Action(letter, Destination.WORK, tuple(wanted)), wanted, replay_id="new", topics=TOPICS,
-                   first_tier_delay=30, now_ms=NOW_MS)
+                   first_tier_delay=30, now_ms=NOW_MS, budget=1_000_000)[0]
     record = WorkRecord.decode(out.value)
     assert (out.topic, out.key, out.headers) == (TOPICS.work, b"dc1:2", [(h.REPLAY_ID, b"new")])
     assert (record.run_id, record.batch, record.attempt) == ("dc1", 2, 1)
     assert (record.replay_id, record.errors) == ("new", {})
-    assert [i.id for i in record.items] == wanted and record.work_id == "dc1/2/1/rnew"
+    # Its own id: the dead letter's, and the replay's (two dead letters of a batch stay two records).
+    assert [i.id for i in record.items] == wanted and record.work_id == f"{letter.work.work_id}+rnew"  # type: ignore[union-attr]
     counts = {"requeued": 1, "retry_in": 0}
     assert out.event == RunEvent("entities_requeued", "requeued:new:1:4", "dc1", 2, counts)
 
@@ -298,7 +299,7 @@ def test_to_the_first_tier_the_failure_headers_with_a_due_time() -> None:
                          http_status=503, headers={h.REPLAY_ID: "old"})
     ids = [i.id for i in letter.work.items]  # type: ignore[union-attr]
     out = outgoing(Action(letter, Destination.TIER, tuple(ids)), ids, replay_id="new", topics=TOPICS,
-                   first_tier_delay=30, now_ms=NOW_MS)
+                   first_tier_delay=30, now_ms=NOW_MS, budget=1_000_000)[0]
     sent = h.decode(out.headers)
     assert out.topic == TOPICS.retry[0] == "ingest.retry.30s"
     assert sent[h.REPLAY_ID] == "new" and sent[h.DUE_AT] == str(NOW_MS + 30_000)
@@ -313,7 +314,7 @@ def test_to_the_first_tier_the_failure_headers_with_a_due_time() -> None:
 def test_an_ingest_record_goes_back_as_it_was() -> None:
     letter = ingest_letter(3, b"\x00raw")
     out = outgoing(Action(letter, Destination.INGEST, ()), (), replay_id="new", topics=TOPICS,
-                   first_tier_delay=30, now_ms=NOW_MS)
+                   first_tier_delay=30, now_ms=NOW_MS, budget=1_000_000)[0]
     assert (out.topic, out.key, out.value, out.headers, out.event) == (
         TOPICS.ingest, b"k", b"\x00raw", [(h.REPLAY_ID, b"new")], None)
 

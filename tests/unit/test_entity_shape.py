@@ -24,7 +24,7 @@ def test_a_wrapped_entity_is_kept_and_a_lower_camel_key_becomes_snake_case() -> 
 
 def test_an_unknown_type_is_accepted_wrapped_and_refused_flat() -> None:
     assert to_diode_shape("acme.widget", {"widget": {"name": "w"}}) == {"widget": {"name": "w"}}
-    with pytest.raises(EntityShapeError, match="acme.widget"):
+    with pytest.raises(EntityShapeError, match=r"acme\.widget"):
         to_diode_shape("acme.widget", {"name": "w"})
 
 

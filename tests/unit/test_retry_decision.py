@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from streams.pipeline.outcomes import ErrorClass
-from streams.pipeline.retry import DeadLetter, RetryAt, decide
+from streams.pipeline.retry import RetryAt, SendToDlq, decide
 
 TIERS = (30.0, 300.0, 3600.0)
 NOW = 1_000_000
@@ -17,7 +17,7 @@ NOW = 1_000_000
 @pytest.mark.parametrize("attempt", [1, 2, 4, 10])
 def test_permanent_and_invalid_go_straight_to_the_dlq(error_class: ErrorClass, attempt: int) -> None:
     decision = decide(error_class, attempt=attempt, tiers=TIERS, now_ms=NOW, retry_after=5)
-    assert isinstance(decision, DeadLetter)
+    assert isinstance(decision, SendToDlq)
     assert error_class.value in decision.reason
 
 
@@ -30,7 +30,7 @@ def test_transient_failures_climb_the_ladder(attempt: int, tier: int, delay: flo
 @pytest.mark.parametrize("attempt", [4, 5, 100])
 def test_after_the_last_tier_comes_the_dlq(attempt: int) -> None:
     decision = decide(ErrorClass.TRANSIENT, attempt=attempt, tiers=TIERS, now_ms=NOW)
-    assert isinstance(decision, DeadLetter)
+    assert isinstance(decision, SendToDlq)
     assert f"after {attempt} attempts" in decision.reason
 
 
@@ -66,7 +66,7 @@ def test_properties_over_every_combination() -> None:
             tier_sets, range(1, 8), [None, 0, 0.5, 1, 3, 5, 100, 10_000]):
         decision = decide(ErrorClass.TRANSIENT, attempt=attempt, tiers=tiers, now_ms=NOW, retry_after=retry_after)
         if attempt > len(tiers):
-            assert isinstance(decision, DeadLetter)
+            assert isinstance(decision, SendToDlq)
             continue
         assert isinstance(decision, RetryAt)
         assert decision.tier >= attempt - 1  # Retry-After never moves a record down the ladder

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -16,6 +16,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from jsonschema import Draft202012Validator
 
 from streams.cli.runs import run_state
+from streams.db.runs_store import RunRow
+from streams.kafka.positions import RESEEK_AFTER, Positions, Verdict
 from streams.records import (
     RunEvent,
     WorkItem,
@@ -27,9 +29,7 @@ from streams.records import (
     sealed,
 )
 from streams.runs.completions import partition_for
-from streams.runs.positions import RESEEK_AFTER, Positions, Verdict
 from streams.runs.progress import BatchState, RunProgress, Totals, apply_event, contribution, recount
-from streams.runs.store import RunRow
 
 RUN = "run-1"
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "run-completed.schema.json"
@@ -83,7 +83,7 @@ def test_a_batch_settles_when_every_new_entity_is_terminal() -> None:
     assert batch is not None and not batch.settled
     batch = apply_event(batch, settled(0, applied=3, no_changes=1))
     assert batch is not None and not batch.settled and batch.outcome is None
-    batch = apply_event(batch, entities_errored(RUN, 0, partition=0, offset=7, errored=1))
+    batch = apply_event(batch, entities_errored(RUN, 0, work_id="w0-7", errored=1))
     assert batch is not None and batch.settled and batch.outcome == "failed"
     assert (batch.entities, batch.new, batch.duplicates, batch.applied, batch.no_changes, batch.errored) == \
         (7, 5, 2, 3, 1, 1)
@@ -102,7 +102,7 @@ def test_a_batch_of_duplicates_only_is_completed_on_acceptance() -> None:
 
 
 @pytest.mark.parametrize("event", [
-    accepted(0), settled(0, applied=1), entities_errored(RUN, 0, partition=1, offset=2, errored=1),
+    accepted(0), settled(0, applied=1), entities_errored(RUN, 0, work_id="w1-2", errored=1),
     entities_requeued(RUN, 0, replay_id="r1", partition=1, offset=2, requeued=1, retry_in=0),
 ])
 def test_an_event_delivered_twice_counts_once(event: RunEvent) -> None:
@@ -128,7 +128,7 @@ def test_retries_count_in_and_out_and_a_replay_reopens_then_resettles_a_batch() 
         accepted(0, new=4),
         settled(0, 1, applied=2, retry_in=2),                       # 2 to the first tier
         settled(0, 2, applied=1, retry_out=2, dead_lettered=1),     # from the tier: 1 applied, 1 to the DLQ
-        entities_errored(RUN, 0, partition=0, offset=5, errored=1),
+        entities_errored(RUN, 0, work_id="w0-5", errored=1),
     ]
     progress, batches = fold(events)
     assert batches[0].outcome == "failed" and batches[0].in_retry == 0
@@ -224,7 +224,7 @@ def test_unsealed_runs_are_never_due() -> None:
 
 def test_completion_counts_and_schema() -> None:
     events = [*clean_run(3), accepted(3, new=2, duplicates=1), settled(3, applied=1),
-              entities_errored(RUN, 3, partition=0, offset=1, errored=1), sealed(RUN, 4)]
+              entities_errored(RUN, 3, work_id="w0-1", errored=1), sealed(RUN, 4)]
     progress, _ = fold(events)
     assert progress.due
     completed = progress.completion(1, 1_700_000_100_000)
@@ -237,7 +237,7 @@ def test_completion_counts_and_schema() -> None:
 
 
 def test_a_revision_is_due_only_when_the_outcome_changes() -> None:
-    failing = [*clean_run(2), accepted(2, new=1), entities_errored(RUN, 2, partition=0, offset=9, errored=1),
+    failing = [*clean_run(2), accepted(2, new=1), entities_errored(RUN, 2, work_id="w0-9", errored=1),
                sealed(RUN, 3)]
     progress, batches = fold(failing)
     first = progress.completion(1, 5)
@@ -259,11 +259,11 @@ def test_a_revision_is_due_only_when_the_outcome_changes() -> None:
 
 
 def test_a_replay_that_fails_again_ends_where_it_was_without_a_new_revision() -> None:
-    failing = [accepted(0, new=1), entities_errored(RUN, 0, partition=0, offset=1, errored=1), sealed(RUN, 1)]
+    failing = [accepted(0, new=1), entities_errored(RUN, 0, work_id="w0-1", errored=1), sealed(RUN, 1)]
     progress, batches = fold(failing)
     progress = progress.emitted_as(progress.completion(1, 5))
     requeue = entities_requeued(RUN, 0, replay_id="r", partition=0, offset=1, requeued=1, retry_in=0)
-    again = entities_errored(RUN, 0, partition=0, offset=2, errored=1)
+    again = entities_errored(RUN, 0, work_id="w0-2", errored=1)
     progress, _ = fold([requeue, again], progress, batches)
     assert progress.settled and not progress.due
 
@@ -296,7 +296,7 @@ def test_completions_are_partitioned_like_faust_and_the_java_client() -> None:
 
 
 def _row(**changes: object) -> RunRow:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     base = RunRow(RUN, 0, 10, 10, 4, 0, 50, 20, 0, 0, 0, 0, now, now, None, now, None)
     return replace(base, **changes)  # type: ignore[arg-type]
 

@@ -234,3 +234,24 @@ def test_an_entity_whose_fields_were_dropped_by_a_lost_race_is_planned_again_at_
     assert sent == [["e0", "e1", "e2"], ["e1"]]
     assert [o.state for o in outcomes] == [State.APPLIED] * 3
     assert outcomes[1].warnings == (bound,)  # the first answer's warning is kept with it
+
+
+def test_a_retry_record_of_poison_entities_is_isolated_and_the_breaker_stays_closed() -> None:
+    # Poison entities come back from a tier together: every request of them fails, which must
+    # not read as an outage (the breaker would stay open for as long as they are retried).
+    target = FakeTarget(lambda ids: BROKEN)
+    made = calls(target, threshold=1)
+    suspects = frozenset(f"e{i}" for i in range(6))
+    outcomes = run(made.apply(items(6), suspects=suspects)).outcomes
+    assert states(outcomes) == {f"e{i}": ErrorClass.TRANSIENT for i in range(6)}
+    assert made.breaker.state is BreakerState.CLOSED
+
+
+def test_the_probe_is_an_entity_not_suspected_before() -> None:
+    # e0..e6 failed alone before; e7 did not: the probe is e7, and as it applies, the target is up.
+    target = FakeTarget(poisoned(*(f"e{i}" for i in range(7))))
+    made = calls(target, threshold=1)
+    outcomes = run(made.apply(items(8), suspects=frozenset(f"e{i}" for i in range(7)))).outcomes
+    assert states(outcomes)["e7"] is State.APPLIED
+    assert ["e7"] in target.requests
+    assert made.breaker.state is BreakerState.CLOSED

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from streams.errors import SettingsError
+from streams.kafka.topics import Role, topic_names, topology
 from streams.settings import Settings
-from streams.topics import Role, topic_names, topology
 
 
 def test_default_names_are_the_spec_names() -> None:

@@ -1,17 +1,19 @@
-"""Postgres side of run progress: the tracker's mirror writes (async) and the reads of
-`streams runs` (sync). SQL is in sql/queries/runs.sql."""
+"""Postgres side of run progress: the run tracker's mirror writes and completion records
+(async, RunsStore) and the reads of `streams runs` (sync). SQL is in sql/queries/runs.sql."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from streams.db.database import Database
 from streams.db.queries import named
 from streams.models import RunCompleted
 from streams.runs.progress import RunProgress
@@ -22,12 +24,36 @@ Q = named("runs")
 # --- writes (the tracker) --------------------------------------------------------------------
 
 
-async def lock_run(conn: AsyncConnection, run_id: str) -> None:
-    """Until the transaction ends, no other worker is in the completion step of this run."""
-    await conn.execute(Q["lock_run"], {"run_id": run_id})
+class RunsStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @asynccontextmanager
+    async def completing(self, run_id: str) -> AsyncIterator[Completing]:
+        """One transaction holding the run's completion lock: until it ends, no other worker is
+        in the completion step of this run."""
+        async with self.db.transaction() as conn:
+            await conn.execute(Q["lock_run"], {"run_id": run_id})
+            yield Completing(conn)
+
+    async def mirror(self, runs: Sequence[RunProgress]) -> None:
+        async with self.db.transaction() as conn:
+            await _mirror(conn, runs)
 
 
-async def mirror(conn: AsyncConnection, runs: Sequence[RunProgress]) -> None:
+class Completing:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def record(self, completed: RunCompleted, runs: Sequence[RunProgress]) -> None:
+        """The completion sent (or found on the topic), and the runs' snapshots."""
+        await self._conn.execute(Q["record_completion"], {
+            "run_id": completed.run_id, "revision": completed.revision, "status": completed.status,
+            "record": Jsonb(completed.model_dump(mode="json")), "completed_at": completed.completed_at})
+        await _mirror(self._conn, runs)
+
+
+async def _mirror(conn: AsyncConnection, runs: Sequence[RunProgress]) -> None:
     """Upsert the snapshots of `runs` into ingest_runs in one statement."""
     if not runs:
         return
@@ -43,22 +69,16 @@ async def mirror(conn: AsyncConnection, runs: Sequence[RunProgress]) -> None:
         "entities_duplicates": [x.duplicates for x in t], "entities_in_retry": [x.in_retry for x in t],
         "entities_errored": [x.errored for x in t],
         "producers": [Jsonb(run.producer) if run.producer else None for run in runs],
-        "first_seen_at": [_time(run.first_seen or run.updated) or datetime.now(timezone.utc) for run in runs],
+        "first_seen_at": [_time(run.first_seen or run.updated) or datetime.now(UTC) for run in runs],
         "sealed_at": [_time(run.sealed_at) for run in runs],
         "completed_at": [_time(run.completed_at) for run in runs],
-        "updated_at": [_time(run.updated) or datetime.now(timezone.utc) for run in runs],
+        "updated_at": [_time(run.updated) or datetime.now(UTC) for run in runs],
         "events": [run.events for run in runs],
     })
 
 
-async def record_completion(conn: AsyncConnection, completed: RunCompleted) -> None:
-    await conn.execute(Q["record_completion"], {
-        "run_id": completed.run_id, "revision": completed.revision, "status": completed.status,
-        "record": Jsonb(completed.model_dump(mode="json")), "completed_at": completed.completed_at})
-
-
 def _time(epoch_ms: int | None) -> datetime | None:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc) if epoch_ms else None
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC) if epoch_ms else None
 
 
 # --- reads (`streams runs`) ------------------------------------------------------------------

@@ -56,7 +56,8 @@ class ReplayStore:
         wanted = [uuid.UUID(i) for action in actions for i in action.entity_ids]
         with self.conn.transaction():
             requeued = {str(row[0]) for row in self.conn.execute(
-                Q["requeue_rows"], {"ids": wanted, "fresh": fresh}).fetchall()} if wanted else set()
+                Q["requeue_rows"], {"ids": wanted, "fresh": fresh, "replay_id": replay_id}).fetchall()
+            } if wanted else set()
             per_action = assign_ids(actions, requeued)
             markers = []
             for action, ids in zip(actions, per_action, strict=True):

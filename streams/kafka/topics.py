@@ -28,6 +28,7 @@ class Role(str, Enum):
     RUN_EVENTS = "run-events"
     COMPLETIONS = "completions"
     CHANGELOG = "changelog"
+    STATUS = "status"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class TopicNames:
     run_events: str
     completions: str
     run_progress_changelog: str
+    run_batches_changelog: str
+    worker_status: str
+
+    def all(self) -> tuple[str, ...]:
+        return (self.ingest, self.work, *self.retry, self.dlq, self.run_events, self.completions,
+                self.run_progress_changelog, self.run_batches_changelog, self.worker_status)
 
 
 def topic_names(settings: Settings) -> TopicNames:
@@ -61,9 +68,10 @@ def topic_names(settings: Settings) -> TopicNames:
         run_events=f"{prefix}ingest.run-events",
         completions=f"{prefix}ingest.completions",
         run_progress_changelog=f"{prefix}ingest.run-progress-changelog",
+        run_batches_changelog=f"{prefix}ingest.run-batches-changelog",
+        worker_status=f"{prefix}ingest.worker-status",
     )
-    for name in (names.ingest, names.work, *names.retry, names.dlq, names.run_events,
-                 names.completions, names.run_progress_changelog):
+    for name in names.all():
         if not _KAFKA_NAME_RE.match(name) or name in (".", ".."):
             raise SettingsError(f"STREAMS_TOPIC_PREFIX: gives the invalid topic name {name!r}")
     return names
@@ -93,7 +101,13 @@ def topology(settings: Settings) -> list[TopicSpec]:
         spec(names.dlq, Role.DLQ, retention_ms=str(int(settings.dlq_retention * 1000))),
         spec(names.run_events, Role.RUN_EVENTS, retention_ms=str(DEFAULT_RETENTION_MS)),
         spec(names.completions, Role.COMPLETIONS, retention_ms=str(30 * DAY_MS)),
-        # The run_progress table's changelog: compacted, so recovery reads one record per run.
+        # The run tracker's tables' changelogs: compacted, so recovery reads one record per run
+        # (run_progress) and per batch (run_batches).
         spec(names.run_progress_changelog, Role.CHANGELOG, cleanup_policy="compact"),
+        spec(names.run_batches_changelog, Role.CHANGELOG, cleanup_policy="compact"),
+        # What each worker alone knows (its gates, its assignment), for `streams status`: one
+        # record per worker, the latest kept; a worker gone for a day is forgotten.
+        spec(names.worker_status, Role.STATUS, cleanup_policy="compact,delete", retention_ms=str(DAY_MS),
+             segment_ms=str(DAY_MS // 24)),
     ]
     return specs
