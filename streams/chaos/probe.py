@@ -9,12 +9,13 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import suppress
 from typing import Any
 
 import httpx
 import orjson
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.chaos.rates import APPLIED, ERRORED, NO_CHANGES, Sample
@@ -28,12 +29,13 @@ from streams.chaos.verdicts import (
     judge_errored,
 )
 from streams.kafka.config import confluent_config
+from streams.kafka.reader import Reader
+from streams.kafka.topics import topic_names
 from streams.models import RunCompleted
 from streams.settings import Settings
 from streams.target import store as target_store
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
-from streams.topics import topic_names
 
 _SAMPLE = """
 SELECT state, count(*), coalesce(sum(duplicate_count), 0) FROM ingestion_logs GROUP BY state
@@ -69,10 +71,8 @@ class Poller:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(psycopg.Error):
                 self._conn.close()
-            except psycopg.Error:
-                pass
             self._conn = None
 
 
@@ -113,39 +113,9 @@ def read_all_completions(settings: Settings, timeout: float = 60.0) -> list[RunC
 
 def _read_topic(settings: Settings, topic: str, timeout: float) -> list[tuple[int, int, bytes | None]]:
     """(partition, offset, value) of every record of `topic`, up to the end offsets seen now."""
-    consumer = Consumer(confluent_config(settings, **{
-        "group.id": f"streams-chaos-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False,
-        "enable.partition.eof": True}))
-    try:
-        metadata = consumer.list_topics(topic, timeout=settings.kafka_timeout).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise KafkaException(f"topic {topic} not found")
-        ends: dict[int, int] = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                       timeout=settings.kafka_timeout, cached=False)
-            if high > low:
-                ends[partition] = high
-        if not ends:
-            return []
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        found: list[tuple[int, int, bytes | None]] = []
-        deadline = time.monotonic() + timeout
-        while ends and time.monotonic() < deadline:
-            for message in consumer.consume(500, timeout=0.5):
-                partition = message.partition()
-                if message.error() is not None:
-                    if partition in ends and message.offset() >= ends[partition]:
-                        ends.pop(partition, None)  # end of partition
-                    continue
-                found.append((partition, message.offset(), message.value()))
-                if message.offset() + 1 >= ends.get(partition, 0):
-                    ends.pop(partition, None)
-        if ends:
-            raise TimeoutError(f"{topic} partitions {sorted(ends)} not read to the end in {timeout:.0f}s")
-        return found
-    finally:
-        consumer.close()
+    with Reader(settings, group=f"streams-chaos-{uuid.uuid4().hex[:12]}", eof=True) as reader:
+        return [(message.partition() or 0, message.offset() or 0, message.value())
+                for message in reader.to_end(topic, idle_timeout=timeout)]
 
 
 # --- what the consumer groups left unread ----------------------------------------------------
@@ -273,7 +243,7 @@ def audit_run_events(settings: Settings, database: str, runs: Iterable[str]) -> 
 
 def _rows(url: str, query: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, connect_timeout=10) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query, params).fetchall()
 
 
 def _receipts(target: TargetProcess, ids: Iterable[str]) -> dict[str, int]:

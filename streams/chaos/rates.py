@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 # ingestion_logs states (diode's numbers, streams.pipeline.outcomes.State).
 APPLIED, FAILED, NO_CHANGES, ERRORED, QUEUED, APPLYING, PENDING_RETRY = 3, 4, 5, 7, 1, 8, 9
@@ -62,7 +63,7 @@ class Sample:
 
 def _pairs(samples: Sequence[Sample], start: float, end: float) -> list[tuple[Sample, Sample]]:
     inside = [s for s in samples if start <= s.at <= end]
-    return list(zip(inside, inside[1:], strict=False))
+    return list(pairwise(inside))
 
 
 def rate(samples: Sequence[Sample], start: float, end: float) -> float | None:

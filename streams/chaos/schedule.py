@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 from streams.target.faults import Faults
@@ -79,7 +80,7 @@ def _between_kills(kills: Sequence[float], duration: float, wanted: float) -> fl
     """The middle of the gap between kills (or the phase's ends) that holds `wanted`, so a
     service restart never lands on a kill."""
     edges = [0.0, *kills, duration]
-    for left, right in zip(edges, edges[1:], strict=False):
+    for left, right in pairwise(edges):
         if left <= wanted <= right:
             return round((left + right) / 2, 3)
     return round(wanted, 3)

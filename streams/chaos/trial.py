@@ -48,10 +48,10 @@ from streams.client.generate import generate_entities
 from streams.client.producer import IngestProducer
 from streams.db.migrate import migrate
 from streams.kafka.admin import admin_client, create_topics
+from streams.kafka.topics import topology
 from streams.pipeline.hashing import entity_hash
 from streams.settings import Settings
 from streams.target.launch import start_target
-from streams.topics import topology
 
 POLL_SECONDS = 1.0  # one grouped count of ingestion_logs: ~20 ms at 100k rows
 # No entity final this long after the workers started: the pipeline is not flowing at all.

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from streams.chaos.rates import APPLIED, ERRORED, NON_TERMINAL_STATES, NO_CHANGES, Throughput
+from streams.chaos.rates import APPLIED, ERRORED, NO_CHANGES, NON_TERMINAL_STATES, Throughput
 from streams.chaos.schedule import Scenario
 from streams.target.faults import Faults, draw
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,7 @@ from streams.chaos import verdicts
 from streams.chaos.fleet import Services
 from streams.chaos.schedule import TrialConfig
 from streams.chaos.trial import Progress, TrialResult, run_trial
-from streams.cli.main import Context, console, fail, run_guarded
+from streams.cli.context import Context, console, fail, run_guarded
 from streams.dev import services as dev_services
 from streams.durations import parse_duration
 from streams.settings import Settings
@@ -131,7 +132,7 @@ def _tiers(text: str) -> tuple[float, ...]:
         tiers = tuple(parse_duration(part.strip()) for part in text.split(",") if part.strip())
     except ValueError as exc:
         fail(f"STREAMS_CHAOS_RETRY_TIERS: {exc}")
-    if not tiers or any(later <= earlier for earlier, later in zip(tiers, tiers[1:], strict=False)):
+    if not tiers or any(later <= earlier for earlier, later in pairwise(tiers)):
         fail("STREAMS_CHAOS_RETRY_TIERS: expected growing delays such as 5s,10s,20s")
     return tiers
 

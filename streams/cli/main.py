@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from streams import logs
-from streams.cli import bench, db, demo, dev, dlq, produce, runs, status, target, topics, trace, worker
+from streams.cli import bench, chaos, db, demo, dev, dlq, produce, runs, status, target, topics, trace, worker
 from streams.cli.context import Context, option, run_guarded
 from streams.settings import Settings, env_name
 
@@ -69,6 +69,7 @@ def register() -> typer.Typer:
     app.command("trace")(trace.trace)
     app.command("demo")(demo.demo)
     app.command("bench")(bench.bench_command)
+    app.command("chaos")(chaos.chaos_command)
     return app
 
 

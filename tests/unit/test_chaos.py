@@ -12,7 +12,6 @@ from streams.chaos.schedule import TrialConfig
 from streams.chaos.verdicts import CompletionCount, Disturbance, ErroredRow, ErroredVerdict, Evidence, RunRows
 from streams.target.faults import EntityFault, Faults, entity_fault
 
-
 # --- schedule --------------------------------------------------------------------------------
 
 
