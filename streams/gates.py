@@ -89,3 +89,7 @@ class Gates:
 
 # The process's gates: one worker, one set.
 GATES = Gates()
+# Every gate exported from the start: a dashboard sees 0, not a missing series, until one opens.
+for _name in GateName:
+    metrics.GATES_OPEN.labels(gate=_name.value).set(0)
+    metrics.GATE_SINCE.labels(gate=_name.value).set(0)

@@ -32,3 +32,21 @@ ROWS_SWEPT = Counter("streams_rows_swept_total", "Rows the sweep sent work for a
 GATES_OPEN = Gauge("streams_gates_open", "Gates holding work back now, by gate (see streams.gates).", ["gate"])
 GATE_SINCE = Gauge("streams_gate_open_since_seconds",
                    "Epoch seconds the oldest open gate of a kind opened at (0: none).", ["gate"])
+
+# The backlog, exported by the group's leader only (streams/status/exporter.py), so a sum over
+# workers counts it once. `topic` is a topic's role (ingest, work, dlq, run-events, retry-N).
+CONSUMER_LAG = Gauge("streams_consumer_lag", "Records not yet committed by the worker group, by topic role.",
+                     ["topic"])
+TIER_DEPTH = Gauge("streams_tier_depth", "Records waiting in a retry tier, by tier.", ["tier"])
+TIER_NEXT_DUE = Gauge("streams_tier_next_due_timestamp_seconds",
+                      "Epoch seconds the oldest waiting record of a tier is due at (0: none), by tier.", ["tier"])
+TIER_PAUSED = Gauge("streams_tier_partitions_paused", "Tier partitions a worker holds paused for a due time.",
+                    ["tier"])
+DLQ_RECORDS = Gauge("streams_dlq_topic_records", "Records kept on the dead-letter topic.")
+ROWS = Gauge("streams_rows", "Entity rows by state.", ["state"])
+ROWS_ERRORED = Gauge("streams_rows_errored", "Dead-lettered entities not replayed since, by error class.",
+                     ["error_class"])
+OPEN_RUNS = Gauge("streams_open_runs", "Runs not yet completed.")
+OLDEST_OPEN_RUN = Gauge("streams_oldest_open_run_timestamp_seconds",
+                        "Epoch seconds the oldest open run was first seen at (0: none).")
+BACKLOG_PASSES = Counter("streams_backlog_passes_total", "Backlog readings by the leader, by outcome.", ["outcome"])

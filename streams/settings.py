@@ -153,6 +153,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="Log lines: `text` (readable, coloured) or `json`; `auto`: text on a terminal.")
     status_interval: Duration = Field(5.0, description="How often a worker publishes its state for `streams status`.")
+    metrics_interval: Duration = Field(15.0, gt=0, description="How often the leader reads the backlog for `/metrics`.")
     stall_after: Duration = Field(600.0, description="`streams runs` flags a run with no progress for this long.")
 
     # --- local services (`streams dev`) ---------------------------------------------------

@@ -26,6 +26,7 @@ from streams.pipeline.breaker import Breaker
 from streams.resources import Resources, closing_service
 from streams.runs.tracker import register_tracker
 from streams.settings import Settings
+from streams.status.exporter import BacklogExporter, backlog_service
 from streams.status.publisher import StatusPublisher, status_service
 from streams.sweep import Sweeper, SweepTopics, sweep_service
 
@@ -105,6 +106,9 @@ def build(settings: Settings, *, plan_apply_enabled: bool = True) -> faust.App:
     tier_partitions = (lambda: set(tiers.assigned)) if plan_apply_enabled else None
     app.service(status_service(StatusPublisher(app, settings, status_topic, tier_partitions)))
 
+    # The backlog (lag, tiers, dead letters, rows, runs) as gauges, from the leader only.
+    app.service(backlog_service(BacklogExporter(settings, app.is_leader)))
+
     if settings.worker_port:
-        serve_asgi(app, health_app(resources), port=settings.worker_port)
+        serve_asgi(app, health_app(settings, resources, with_target=plan_apply_enabled), port=settings.worker_port)
     return app

@@ -28,6 +28,7 @@ WITH requeued AS (
            requeued_from_state = 7,
            attempts = CASE WHEN %(fresh)b THEN 0 ELSE attempts END,
            next_attempt_at = NULL,
+           retry_tier = NULL,  -- a replay starts outside the tiers
            claimed_by = NULL,
            updated_at = now()
      WHERE id = ANY(%(ids)b::uuid[]) AND state = 7

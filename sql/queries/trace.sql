@@ -52,7 +52,9 @@ SELECT s.id, s.attempt, s.created_at, s.warnings, c.seq, c.change_type, c.object
 
 -- name: replays
 -- dlq_replay_records has one row per replayed dead letter: small, scanned.
-SELECT replay_id, dlq_topic, dlq_partition, dlq_offset, destination, status, created_at, sent_at
-  FROM dlq_replay_records
- WHERE %(id)s = ANY(entity_ids)
- ORDER BY created_at;
+SELECT d.replay_id, r.requested_by, d.dlq_topic, d.dlq_partition, d.dlq_offset, d.destination, d.status,
+       d.created_at, d.sent_at
+  FROM dlq_replay_records AS d
+  LEFT JOIN dlq_replays AS r ON r.id = d.replay_id
+ WHERE %(id)s = ANY(d.entity_ids)
+ ORDER BY d.created_at;

@@ -161,10 +161,10 @@ def _render_entity(item: EntityTrace) -> RenderableType:
                          str(len(change_set.warnings)) if change_set.warnings else "")
         parts.append(sets)
     if item.replays:
-        replays = Table("time", "replay", "dead letter", "to", "status", title="replays that carried it",
+        replays = Table("time", "replay", "by", "dead letter", "to", "status", title="replays that carried it",
                         title_justify="left", title_style="bold")
         for replay in item.replays:
-            replays.add_row(_when(replay["created_at"]), str(replay["replay_id"]),
+            replays.add_row(_when(replay["created_at"]), str(replay["replay_id"]), replay["requested_by"] or "",
                             f"{replay['dlq_topic']}[{replay['dlq_partition']}]@{replay['dlq_offset']}",
                             replay["destination"], replay["status"])
         parts.append(replays)

@@ -24,7 +24,7 @@ class Step:
     step: str
     state: str | None
     attempt: int | None
-    tier: int | None
+    tier: int | None  # the retry tier, counted from 1 as `streams status` does (None: not a tier)
     work_id: str | None
     error: dict[str, Any] | None
     detail: dict[str, Any] | None
@@ -89,7 +89,7 @@ class TraceReader:
         row["entity_hash"] = row.pop("encode")
         row["state"] = _state(row["state"])
         row["requeued_from_state"] = _state(row["requeued_from_state"])
-        steps = [Step(at, step, _state(state), attempt, tier, work_id, error, detail)
+        steps = [Step(at, step, _state(state), attempt, None if tier is None else tier + 1, work_id, error, detail)
                  for at, step, state, attempt, tier, work_id, error, detail
                  in self._conn.execute(Q["events"], {"id": entity_id}).fetchall()]
         sets: dict[str, ChangeSet] = {}
