@@ -34,6 +34,7 @@ import httpx
 import psycopg
 import typer
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -52,7 +53,7 @@ from streams.kafka.admin import create_topics
 from streams.kafka.topics import topology
 from streams.logs import terminal_logs_to
 from streams.runs.completions import read_completions
-from streams.settings import Settings
+from streams.settings import Settings, to_env
 from streams.target.faults import Faults
 from streams.target.launch import start_target
 
@@ -119,6 +120,7 @@ def demo(
         run_guarded(create_topics, settings, topology(settings))
         console.print(f"topics: {len(topology(settings))} under prefix {settings.topic_prefix!r}, "
                       f"retry tiers {', '.join(settings.tier_names)}")
+        console.print(f"watch it from another terminal: [bold]{_watch_command(settings)}[/]")
         logs = Path(tempfile.mkdtemp(prefix="streams-demo-"))
         if target == "netbox":
             final = _netbox_demo(settings, logs, timeout, cleanup)
@@ -128,6 +130,12 @@ def demo(
     plan = final[0]
     _report(final[1], f"where every entity ended up ({time.monotonic() - started_at:.1f}s in all)")
     bad_run, bad_count = plan.bad_run
+    if keep_services or running_before:
+        console.print(f"where did an entity go: [bold]STREAMS_DATABASE_URL={_shown_url(settings)} "
+                      f"streams trace --run {bad_run}[/] (or an entity id from it)")
+    else:
+        console.print("Kafka and Postgres stopped; run with --keep-services to look around with "
+                      "`streams status` and `streams trace` afterwards")
     if any(s.in_flight for s in final[1]) or any(
             s.errored != (bad_count if s.run_id == bad_run else 0) for s in final[1]):
         fail("the demo did not end as expected; see the worker log", code=1)
@@ -203,6 +211,20 @@ def _netbox_report(url: str, api_token: str, namespace: str) -> None:
         addresses = count("/api/ipam/ip-addresses/", device=names) if names else 0
     console.print(f"in NetBox ({url}): {sites} sites, {devices} devices, {interfaces} interfaces, "
                   f"{addresses} IP addresses on them")
+
+
+def _watch_command(settings: Settings) -> str:
+    """`streams status --watch` with the demo's own settings (a password is never printed)."""
+    env = to_env(settings)
+    shown = {key: env[key] for key in ("STREAMS_TOPIC_PREFIX", "STREAMS_APP_ID", "STREAMS_PARTITIONS",
+                                       "STREAMS_RETRY_TIERS", "STREAMS_KAFKA_BOOTSTRAP")}
+    shown["STREAMS_DATABASE_URL"] = _shown_url(settings)
+    return " ".join(f"{key}={value}" for key, value in shown.items()) + " streams status --watch 2"
+
+
+def _shown_url(settings: Settings) -> str:
+    url = conninfo(settings)
+    return url if conninfo_to_dict(url).get("password") is None else "…"
 
 
 def _demo_settings(settings: Settings) -> Settings:

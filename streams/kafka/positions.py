@@ -202,11 +202,21 @@ class PartitionGuard:
         metrics.RECORDS.labels(agent=self.name, outcome="read_again").inc()
         log.warning("records read again from a partition", extra={
             "agent": self.name, "reason": why, "topic": tp.topic, "partition": tp.partition, "offset": offset})
-        try:
-            await self.app.consumer.seek(tp, offset)
-        except Exception as exc:  # noqa: BLE001 - a rebalance took the partition: it seeks by itself
-            log.warning("seek failed", extra={"agent": self.name, "error": type(exc).__name__,
-                                              "partition": tp.partition, "offset": offset})
+        await seek(self.app, tp, offset, self.name)
+
+
+async def seek(app: Any, tp: Any, offset: int, agent: str) -> None:
+    """Move faust's consumer on `tp` to `offset`, in the consumer's own thread.
+
+    faust's `consumer.seek()` calls aiokafka's seek from the event loop's thread while the
+    consumer thread may be draining fetched records: both change the fetcher's record map and
+    the fetch task dies with a KeyError, taking the worker with it. `seek_wait` runs the seek
+    in the consumer thread and waits for the new position."""
+    try:
+        await app.consumer.seek_wait({tp: offset})
+    except Exception as exc:  # noqa: BLE001 - a rebalance took the partition: it seeks by itself
+        log.warning("seek failed", extra={"agent": agent, "error": type(exc).__name__,
+                                          "partition": tp.partition, "offset": offset})
 
 
 def _tp(app: Any, partition: Partition) -> TP:

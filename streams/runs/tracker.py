@@ -81,7 +81,7 @@ from streams import metrics
 from streams.backoff import delay, until_done
 from streams.db.runs_store import RunsStore
 from streams.kafka.checkpoint import Ack, Checkpoint
-from streams.kafka.positions import Positions, committed_offsets
+from streams.kafka.positions import Positions, committed_offsets, seek
 from streams.kafka.topics import topic_names
 from streams.records import RunEvent
 from streams.resources import Resources
@@ -329,11 +329,7 @@ class RunTracker:
         metrics.RECORDS.labels(agent=AGENT, outcome="read_again").inc()
         log.warning("run events read again from a partition", extra={
             "agent": AGENT, "reason": why, "topic": tp.topic, "partition": tp.partition, "offset": offset})
-        try:
-            await self.app.consumer.seek(tp, offset)
-        except Exception as exc:  # noqa: BLE001 - a rebalance took the partition: it seeks by itself
-            log.warning("seek failed", extra={"agent": AGENT, "error": type(exc).__name__,
-                                              "partition": tp.partition, "offset": offset})
+        await seek(self.app, tp, offset, AGENT)
 
     async def _flush_until_done(self, stream: faust.StreamT) -> None:
         # Acks wait until the mirror is written: an event is never acked before it.
