@@ -35,3 +35,15 @@ def format_duration(seconds: float) -> str:
         if millis % size == 0:
             return f"{millis // size}{unit}"
     return f"{millis}ms"
+
+
+def format_age(seconds: float, sep: str = " ") -> str:
+    """A rough age for people, at most two units: `42s`, `3m 05s`, `2h 10m`, `4d 01h`."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{sep}{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{sep}{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{sep}{seconds % 86400 // 3600:02d}h"

@@ -20,6 +20,7 @@ from rich.text import Text
 from streams.cli.context import Context, console, fail, run_guarded
 from streams.db.connect import conninfo
 from streams.db.runs_store import FailedBatch, Revision, RunRow, list_runs, run_detail
+from streams.durations import format_age
 
 _STATE_STYLE = {"succeeded": "green", "failed": "red", "running": "cyan", "open": "blue",
                 "replaying": "magenta"}
@@ -70,7 +71,7 @@ def run_state(row: RunRow, now: datetime, stall_after: float) -> tuple[str, bool
 
 
 def runs_table(rows: list[RunRow], now: datetime, stall_after: float) -> Table:
-    caption = f"newest first; stalled: no progress for {_age(stall_after)}"
+    caption = f"newest first; stalled: no progress for {format_age(stall_after)}"
     table = Table("run", "state", "progress", caption=caption)
     for column in ("batches", "entities", "applied", "no changes", "duplicates", "in retry", "errored", "rev",
                    "age"):
@@ -80,7 +81,7 @@ def runs_table(rows: list[RunRow], now: datetime, stall_after: float) -> Table:
                   row.entities_duplicates, row.entities_in_retry)
         table.add_row(row.run_id, _state_text(row, now, stall_after), _bar(row),
                       f"{row.settled}/{_total(row)}", *map(str, counts), _errored(row.entities_errored),
-                      str(row.revision or "-"), _age((now - row.first_seen_at).total_seconds()))
+                      str(row.revision or "-"), format_age((now - row.first_seen_at).total_seconds()))
     return table
 
 
@@ -164,19 +165,10 @@ def _errored(count: int) -> Text:
 
 
 def _when_ago(moment: datetime, now: datetime) -> str:
-    return f"{_when(moment)} ({_age((now - moment).total_seconds())} ago)"
+    return f"{_when(moment)} ({format_age((now - moment).total_seconds())} ago)"
 
 
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "-"
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600:02d}h"

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from streams.db.status_store import Count, DatabaseState
-from streams.durations import format_duration
+from streams.durations import format_age, format_duration
 from streams.status.collect import GroupLag, Status
 
 # Per-partition lag rows are shown for at most this many partitions per topic (all in --json).
@@ -26,18 +26,9 @@ def _ago(epoch: float | None, now: float) -> str:
     if epoch is None:
         return "-"
     seconds = now - epoch
-    return f"{_span(seconds)} ago" if seconds >= 0 else f"in {_span(-seconds)}"
+    return f"{format_age(seconds, '')} ago" if seconds >= 0 else f"in {format_age(-seconds, '')}"
 
 
-def _span(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def _counts(counts: list[Count]) -> list[dict[str, Any]]:
