@@ -117,19 +117,14 @@ class TrialResult:
 
 
 def worker_env(config: TrialConfig, app_id: str, slot: int) -> dict[str, str]:
-    """The environment of the worker in `slot`. faust reads BROKER_* and CONSUMER_* settings
-    from the environment (and prefers them to the app's own), so group membership can be tuned
-    per trial without touching the worker's configuration."""
+    """The environment of the worker in `slot`: the product's own failover settings, so a trial
+    measures what an operator would configure."""
     env = {"STREAMS_LOG_LEVEL": "INFO"}
     if config.session_timeout:
-        timeout = config.session_timeout
-        env["BROKER_SESSION_TIMEOUT"] = f"{timeout:g}"
-        env["BROKER_HEARTBEAT_INTERVAL"] = f"{max(0.5, timeout / 5):g}"
-        # The retry-tier consumer's session is min(45 s, STREAMS_MAX_POLL_INTERVAL).
-        env["STREAMS_MAX_POLL_INTERVAL"] = f"{max(6.0, timeout):g}s"
+        env["STREAMS_SESSION_TIMEOUT"] = f"{config.session_timeout:g}s"
     if config.static_membership:
         # The replacement of a killed worker takes its slot's id, and with it the partitions.
-        env["CONSUMER_GROUP_INSTANCE_ID"] = f"{app_id}-w{slot}"
+        env["STREAMS_INSTANCE_ID"] = f"{app_id}-w{slot}"
     return env
 
 

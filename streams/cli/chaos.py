@@ -52,10 +52,9 @@ def _opt(name: str, help_text: str):  # type: ignore[no-untyped-def]
     return typer.Option(envvar=f"STREAMS_CHAOS_{name}", show_envvar=True, help=help_text)
 
 
-_SESSION_HELP = ("Consumer group session timeout given to the workers, seconds (faust's "
-                 "BROKER_SESSION_TIMEOUT and the retry-tier consumer's); unset: the workers' own "
-                 "(60 s, 45 s).")
-_STATIC_HELP = ("Give each worker slot a group.instance.id (faust's CONSUMER_GROUP_INSTANCE_ID), so the "
+_SESSION_HELP = ("Consumer group session timeout given to the workers, seconds (STREAMS_SESSION_TIMEOUT); "
+                 "unset: the workers' own setting (15 s by default).")
+_STATIC_HELP = ("Give each worker slot a group.instance.id (STREAMS_INSTANCE_ID), so the "
                 "replacement of a killed worker takes over its partitions without a rebalance.")
 _SPREAD_HELP = ("Send run 0 before the steady phase and the other runs during the kill phase or outage, so "
                 "it meets busy workers; --no-spread: every run up front.")
