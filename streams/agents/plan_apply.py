@@ -43,7 +43,17 @@ from streams.kafka import headers
 from streams.kafka.checkpoint import Checkpoint
 from streams.kafka.config import max_message_bytes, work_record_budget
 from streams.kafka.headers import Origin
-from streams.pipeline.apply import SUCCESS_NAMES, FailedGroup, dead_work, earlier, leaving, retry_work, route
+from streams.pipeline.apply import (
+    SUCCESS_NAMES,
+    FailedGroup,
+    dead_work,
+    earlier,
+    free_retries,
+    is_free_retry,
+    leaving,
+    retry_work,
+    route,
+)
 from streams.pipeline.breaker import Breaker
 from streams.pipeline.outcomes import CallResult, EntityOutcome, ErrorClass, State
 from streams.records import WorkItem, WorkRecord, entities_settled
@@ -145,16 +155,18 @@ class PlanApplyAgent:
     async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],
                       outcomes: list[EntityOutcome], step: _Step) -> None:
         now_ms = int(time.time() * 1000)
-        routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms)
+        routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms,
+                        free_retries=free_retries(work))
         out = leaving(work, items, routing, work_record_budget(self.settings))
-        await self.store.settle(work, routing, out.retries, [part for _, part in out.deads])
+        await self.store.settle(work, routing, out.retries, [part for _, part in out.deads], out.again)
         for state in routing.done_states:
             step.counts[SUCCESS_NAMES[State(state)]] += 1
             metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()
-        for tier, group in routing.retry.items():
-            step.outbound += [self._retry_record(record, work, part, tier, group, now_ms) for part in out.retries[tier]]
-            step.counts["retry_in"] += len(group.ids)
-            metrics.ENTITIES.labels(outcome="retrying").inc(len(group.ids))
+        for groups, records in ((routing.retry, out.retries), (routing.again, out.again)):
+            for tier, group in groups.items():
+                step.outbound += [self._retry_record(record, work, part, tier, group, now_ms) for part in records[tier]]
+                step.counts["retry_in"] += len(group.ids)
+                metrics.ENTITIES.labels(outcome="retrying").inc(len(group.ids))
         for error_class, part in out.deads:
             step.outbound.append(self._dead_record(record, work, part, error_class, routing.dead[error_class], now_ms))
         for error_class, group in routing.dead.items():
@@ -189,7 +201,7 @@ class PlanApplyAgent:
         by_id = {item.id: item for item in work.items}
         now_ms = int(time.time() * 1000)
         for (tier, child_id), group in found.retries.items():
-            retry = replace(retry_work(work, tier, group, by_id), id=child_id)
+            retry = replace(retry_work(work, tier, group, by_id, free=is_free_retry(child_id)), id=child_id)
             step.outbound.append(self._retry_record(record, work, retry, tier, group, now_ms))
         for (error_class, child_id), group in found.deads.items():
             dead = replace(dead_work(work, error_class, group, by_id), id=child_id)

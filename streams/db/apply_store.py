@@ -53,7 +53,7 @@ class ApplyStore:
                      tuple(RoutedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in routed))
 
     async def settle(self, work: WorkRecord, routing: Routing, retries: dict[int, list[WorkRecord]],
-                     deads: list[WorkRecord]) -> None:
+                     deads: list[WorkRecord], again: dict[int, list[WorkRecord]] | None = None) -> None:
         """One transaction: the final states, the rows each retry record (per tier) and each
         dead letter now holds, and the change sets the target returned."""
         async with self.db.transaction() as conn:
@@ -62,11 +62,12 @@ class ApplyStore:
                 await conn.execute(Q["record_outcomes"], {
                     "work_id": work.work_id, "ids": [uuid.UUID(i) for i in routing.done_ids],
                     "states": routing.done_states, "errors": [None] * len(routing.done_ids)})
-            for tier, parts in retries.items():
-                for part in parts:
-                    await conn.execute(Q["route_to_retry"], {
-                        "work_id": work.work_id, "child_id": part.work_id, "tier": tier,
-                        "due_at_ms": routing.retry[tier].due_at_ms, **_rows_of(part)})
+            for groups, records in ((routing.retry, retries), (routing.again, again or {})):
+                for tier, parts in records.items():
+                    for part in parts:
+                        await conn.execute(Q["route_to_retry"], {
+                            "work_id": work.work_id, "child_id": part.work_id, "tier": tier,
+                            "due_at_ms": groups[tier].due_at_ms, **_rows_of(part)})
             for part in deads:
                 await conn.execute(Q["route_to_dlq"], {"work_id": work.work_id, "child_id": part.work_id,
                                                       **_rows_of(part)})

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, State
+from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, RequestFault, State
 from streams.pipeline.retry import SendToDlq, decide
 from streams.records import WorkItem, WorkRecord, fit
 
@@ -46,14 +46,24 @@ class Routing:
     done_ids: list[str] = field(default_factory=list)
     done_states: list[int] = field(default_factory=list)
     retry: dict[int, FailedGroup] = field(default_factory=lambda: defaultdict(FailedGroup))
+    # Per tier, the entities the target as a whole failed: tried again at the same attempt.
+    again: dict[int, FailedGroup] = field(default_factory=lambda: defaultdict(FailedGroup))
     dead: dict[ErrorClass, FailedGroup] = field(default_factory=lambda: defaultdict(FailedGroup))
     change_sets: list[tuple[str, str]] = field(default_factory=list)  # (change_set_id, ingestion_log_id)
     changes: list[tuple[str, int, str, str, int | None, Any, Any]] = field(default_factory=list)
     warnings: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # change_set_id -> warnings
 
 
-def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[float], now_ms: int) -> Routing:
-    """Successes are done; each failure goes where streams.pipeline.retry.decide says."""
+# A record the target as a whole failed this many times without costing an attempt costs one
+# from then on: a target that fails one request for ever while it serves the others (so the
+# breaker never opens) still ends with the entity dead-lettered, a day or so later.
+MAX_FREE_RETRIES = 24
+
+
+def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[float], now_ms: int,
+          free_retries: int = 0) -> Routing:
+    """Successes are done; each failure goes where streams.pipeline.retry.decide says.
+    `free_retries`: how often the record's forebears were failed by the target as a whole."""
     routing = Routing()
     for outcome in outcomes:
         if outcome.change_set is not None:
@@ -70,12 +80,13 @@ def route(outcomes: Iterable[EntityOutcome], *, attempt: int, tiers: Sequence[fl
             continue
         failure = outcome.failure
         assert failure is not None
+        free = failure.request is RequestFault.UNAVAILABLE and free_retries < MAX_FREE_RETRIES
         decision = decide(failure.error_class, attempt=attempt, tiers=tiers, now_ms=now_ms,
-                          retry_after=failure.retry_after)
+                          retry_after=failure.retry_after, costs_attempt=not free)
         if isinstance(decision, SendToDlq):
             routing.dead[failure.error_class].add(outcome.id, failure)
         else:
-            routing.retry[decision.tier].add(outcome.id, failure, decision.due_at_ms)
+            (routing.again if free else routing.retry)[decision.tier].add(outcome.id, failure, decision.due_at_ms)
     return routing
 
 
@@ -90,20 +101,41 @@ class Leaving:
 
     retries: dict[int, list[WorkRecord]]
     deads: list[tuple[ErrorClass, WorkRecord]]
+    again: dict[int, list[WorkRecord]] = field(default_factory=dict)  # per tier, at the same attempt
 
 
 def leaving(work: WorkRecord, items: Sequence[WorkItem], routing: Routing, budget: int) -> Leaving:
     by_id = {item.id: item for item in items}
     retries = {tier: fit(retry_work(work, tier, group, by_id), budget) for tier, group in routing.retry.items()}
+    again = {tier: fit(retry_work(work, tier, group, by_id, free=True), budget)
+             for tier, group in routing.again.items()}
     deads = [(error_class, part) for error_class, group in routing.dead.items()
              for part in fit(dead_work(work, error_class, group, by_id), budget)]
-    return Leaving(retries, deads)
+    return Leaving(retries, deads, again)
 
 
-def retry_work(work: WorkRecord, tier: int, group: FailedGroup, by_id: dict[str, WorkItem]) -> WorkRecord:
-    """The retry record of `group` on `tier`: the next attempt, the errors that sent it there."""
-    return work.derived(f"+t{tier}", tuple(by_id[i] for i in group.ids), attempt=work.attempt + 1,
+def retry_work(work: WorkRecord, tier: int, group: FailedGroup, by_id: dict[str, WorkItem], *,
+               free: bool = False) -> WorkRecord:
+    """The retry record of `group` on `tier`: the next attempt, the errors that sent it there.
+    `free`: the target failed as a whole, so the same attempt again (id suffix `+a<tier>`)."""
+    return work.derived(f"+a{tier}" if free else f"+t{tier}", tuple(by_id[i] for i in group.ids),
+                        attempt=work.attempt if free else work.attempt + 1,
                         errors=dict(zip(group.ids, group.errors, strict=True)))
+
+
+def free_retries(work: WorkRecord) -> int:
+    """How many of the hops that made `work` were failures of the target as a whole."""
+    prefix = f"{work.run_id}/{work.batch}/"
+    tail = work.work_id[len(prefix):] if work.work_id.startswith(prefix) else ""
+    return sum(1 for suffix in tail.split("+")[1:] if suffix[:1] == "a")
+
+
+def is_free_retry(child_id: str) -> bool:
+    """Whether a retry record's id says it was made by a failure of the target as a whole."""
+    for suffix in reversed(child_id.split("+")[1:]):
+        if suffix[:1] != "p":  # a part of a record split to fit says nothing about why it was made
+            return suffix[:1] == "a"
+    return False
 
 
 def dead_work(work: WorkRecord, error_class: ErrorClass, group: FailedGroup, by_id: dict[str, WorkItem]) -> WorkRecord:

@@ -26,6 +26,8 @@ def _ago(epoch: float | None, now: float) -> str:
     if epoch is None:
         return "-"
     seconds = now - epoch
+    if abs(seconds) < 1:
+        return "now"  # the reading takes a moment: a row changed while it ran is not "in 0s"
     return f"{format_age(seconds, '')} ago" if seconds >= 0 else f"in {format_age(-seconds, '')}"
 
 

@@ -18,11 +18,12 @@ from streams.pipeline.apply import (
     dead_work,
     earlier,
     failure_from,
+    is_free_retry,
     leaving,
     retry_work,
     route,
 )
-from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, State
+from streams.pipeline.outcomes import EntityOutcome, ErrorClass, Failure, RequestFault, State
 from streams.records import WorkItem, WorkRecord
 
 TIERS = (30.0, 300.0, 3600.0)
@@ -389,3 +390,42 @@ def test_failure_from_reads_the_as_json_shape(last_error: Any, expected: Failure
 ])
 def test_failure_from_inverts_as_json(failure: Failure) -> None:
     assert failure_from(failure.as_json()) == failure
+
+
+# --- a failure of the target as a whole costs no attempt ------------------------------------------
+
+def _down(entity_id: str) -> EntityOutcome:
+    return EntityOutcome(entity_id, None, failure=Failure(
+        ErrorClass.TRANSIENT, "target failed internally for 3 of 3 entities", 207, request=RequestFault.UNAVAILABLE))
+
+
+@pytest.mark.parametrize(("attempt", "tier"), [(1, 0), (2, 1), (3, 2), (4, 2), (9, 2)])
+def test_a_whole_target_failure_waits_at_the_same_attempt_and_is_never_dead_lettered(attempt: int, tier: int) -> None:
+    routing = route([_down("a"), failed("b")], attempt=attempt, tiers=TIERS, now_ms=NOW)
+    assert list(routing.again) == [tier] and routing.again[tier].ids == ["a"]
+    assert routing.again[tier].due_at_ms == NOW + round(TIERS[tier] * 1000)
+    assert "a" not in {i for group in routing.dead.values() for i in group.ids}
+    # "b" failed on its own: it climbs (or, past the last tier, is dead-lettered) as before.
+    assert ("b" in routing.retry.get(attempt - 1, FailedGroup()).ids) is (attempt <= len(TIERS))
+
+
+def test_the_same_attempt_again_is_its_own_record_with_its_own_id() -> None:
+    items = tuple(WorkItem(i, "dcim.site", {"site": {"name": i}}) for i in ("a", "b"))
+    work = WorkRecord("r", 0, items, 2, id="r/0/1+t0")
+    routing = route([_down("a"), failed("b")], attempt=2, tiers=TIERS, now_ms=NOW)
+    out = leaving(work, items, routing, 1_000_000)
+    [again] = out.again[1]
+    [climbing] = out.retries[1]
+    assert (again.work_id, again.attempt, [i.id for i in again.items]) == ("r/0/1+t0+a1", 2, ["a"])
+    assert (climbing.work_id, climbing.attempt) == ("r/0/1+t0+t1", 3)
+    assert is_free_retry(again.work_id) and not is_free_retry(climbing.work_id)
+    assert is_free_retry("r/0/1+a0+p2") and not is_free_retry("r/0/1+a0+t1+p1") and not is_free_retry("r/0/1")
+
+
+def test_free_retries_are_counted_from_the_id_and_capped() -> None:
+    from streams.pipeline.apply import MAX_FREE_RETRIES, free_retries
+    items = (WorkItem("a", "dcim.site", {"site": {"name": "a"}}),)
+    assert free_retries(WorkRecord("r+a1", 0, items, 2, id="r+a1/0/1+a0+t0+a1+p1")) == 2
+    assert free_retries(WorkRecord("r", 0, items, 1, id="r/0/1")) == 0
+    routing = route([_down("a")], attempt=4, tiers=TIERS, now_ms=NOW, free_retries=MAX_FREE_RETRIES)
+    assert not routing.again and routing.dead[ErrorClass.TRANSIENT].ids == ["a"]

@@ -80,3 +80,12 @@ def test_properties_over_every_combination() -> None:
 def test_attempts_are_numbered_from_one() -> None:
     with pytest.raises(ValueError):
         decide(ErrorClass.TRANSIENT, attempt=0, tiers=TIERS, now_ms=NOW)
+
+
+def test_a_failure_of_the_target_as_a_whole_costs_no_attempt() -> None:
+    tiers = (30.0, 300.0, 3600.0)
+    assert decide(ErrorClass.TRANSIENT, attempt=1, tiers=tiers, now_ms=0, costs_attempt=False) == RetryAt(0, 30_000, 1)
+    # Past the budget it stays in the last tier instead of being dead-lettered.
+    assert decide(ErrorClass.TRANSIENT, attempt=4, tiers=tiers, now_ms=0, costs_attempt=False) == RetryAt(
+        2, 3_600_000, 4)
+    assert isinstance(decide(ErrorClass.PERMANENT, attempt=1, tiers=tiers, now_ms=0, costs_attempt=False), SendToDlq)
