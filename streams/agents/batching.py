@@ -31,7 +31,7 @@ from streams import metrics
 from streams.backoff import delay
 from streams.errors import DatabaseUnavailable, TargetUnavailable
 from streams.gates import GATES, GateName
-from streams.kafka.checkpoint import Ack, Checkpoint, Watermarks
+from streams.kafka.checkpoint import Ack, AckOrder, Checkpoint, Watermarks
 from streams.kafka.positions import PartitionGuard
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class GuardedBatches:
         self.describe = describe
         self.guard = guard
         self._in_flight: set[tuple[Any, int]] = set()
+        # Shared by the agent's actors: no ack reaches faust before those of earlier offsets.
+        self._order = AckOrder()
 
     async def run(self, stream: faust.StreamT) -> None:
         # Acks off on the agent's own stream (as faust's take() does internally, but for good):
@@ -164,7 +166,7 @@ class GuardedBatches:
                 if not batch:
                     continue
                 try:
-                    await self.settle(batch, _acker(source))
+                    await self.settle(batch, _acker(source, self._order))
                 finally:
                     self._in_flight.difference_update(_where(event) for event in batch)
         finally:
@@ -181,6 +183,7 @@ class GuardedBatches:
         if self.guard is not None and not await self.guard.admit(*where):
             return False  # after a hole: it comes again once the partition is read from the hole
         self._in_flight.add(where)
+        self._order.opened(*where)
         return True
 
     async def settle(self, batch: list[Any], ack: Ack, watermarks: Watermarks | None = None) -> None:
@@ -272,9 +275,11 @@ class GuardedBatches:
         await out.commit(batch)
 
 
-def _acker(source: faust.StreamT) -> Ack:
-    """faust's acknowledgement: each event acked; faust commits up to the first one not acked."""
+def _acker(source: faust.StreamT, order: AckOrder) -> Ack:
+    """faust's acknowledgement of each event, in offset order per partition (see AckOrder)."""
     async def ack(events: Sequence[Any]) -> None:
         for event in events:
-            await source.ack(event)
+            # An event held back is acked later through the stream (actor) that processed it.
+            for stream, ready in order.done(*_where(event), (source, event)):
+                await stream.ack(ready)
     return ack

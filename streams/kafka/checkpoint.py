@@ -72,6 +72,50 @@ class Watermarks:
         self.acked.clear()
 
 
+class AckOrder:
+    """Acknowledgements handed to faust in offset order, per partition.
+
+    faust commits a partition up to the end of the first run of consecutive acked offsets and
+    checks the head of that run against the last commit with an off-by-one (`min(acked) -
+    committed > 1`, and no check at all before the first commit): one unacked record just
+    below an acked one is committed past. With two actors on one agent that is a lost record
+    whenever one actor's batch waits (Postgres restarting) while the other acks a later offset
+    of the same partition and the worker then dies (found by `streams chaos`: an ingest batch
+    that never got rows). So an offset taken for processing (`opened`) holds back the acks of
+    every later offset of its partition until it is acknowledged itself (`done`).
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[Any, set[int]] = {}
+        self._waiting: dict[Any, dict[int, Any]] = {}
+
+    def opened(self, tp: Any, offset: int) -> None:
+        self._open.setdefault(tp, set()).add(offset)
+
+    def done(self, tp: Any, offset: int, item: Any) -> list[Any]:
+        """`item` (whatever acknowledges `offset`) is ready: the items to acknowledge now, in
+        offset order (it and those it held back), or none while an earlier one is still open."""
+        opened = self._open.get(tp)
+        if not opened or offset not in opened:
+            return [item]  # not taken through opened(): nothing to order it against
+        waiting = self._waiting.setdefault(tp, {})
+        waiting[offset] = item
+        ready = []
+        while opened and min(opened) in waiting:
+            first = min(opened)
+            opened.discard(first)
+            ready.append(waiting.pop(first))
+        if not opened:
+            self._open.pop(tp, None)
+        if not waiting:
+            self._waiting.pop(tp, None)
+        return ready
+
+    def held(self) -> int:
+        """Acknowledgements waiting for an earlier offset (for tests and logs)."""
+        return sum(len(items) for items in self._waiting.values())
+
+
 class Checkpoint:
     def __init__(self, ack: Ack, *, flush: Flush | None = None, watermarks: Watermarks | None = None,
                  where: Callable[[Any], tuple[Any, int]] | None = None) -> None:

@@ -488,3 +488,22 @@ async def test_a_failed_commit_leaves_the_watermarks_alone() -> None:
         await checkpoint.commit([Input("a", 5)])
     assert watermarks.acked == {"a": 1}
     assert recorder.acks == []
+
+
+# --- acknowledgements in offset order ------------------------------------------------------------
+
+def test_an_ack_waits_for_every_earlier_open_offset_of_its_partition() -> None:
+    from streams.kafka.checkpoint import AckOrder
+    order = AckOrder()
+    for offset in (5, 6, 7):
+        order.opened("p0", offset)
+    order.opened("p1", 0)
+    assert order.done("p0", 6, "six") == []  # 5 is still being processed
+    assert order.done("p1", 0, "other partition") == ["other partition"]
+    assert order.done("p0", 7, "seven") == []
+    assert order.held() == 2
+    assert order.done("p0", 5, "five") == ["five", "six", "seven"]
+    assert order.held() == 0
+    assert order.done("p0", 9, "never opened") == ["never opened"]
+    order.opened("p0", 8)
+    assert order.done("p0", 8, "eight") == ["eight"]
