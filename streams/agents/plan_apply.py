@@ -25,7 +25,6 @@ instead of pushing them down the ladder.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -60,6 +59,7 @@ from streams.records import WorkItem, WorkRecord, entities_settled
 from streams.resources import Resources
 from streams.settings import Settings
 from streams.target.calls import TargetCalls
+from streams.tasks import all_finished
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ class PlanApplyAgent:
     async def process(self, records: Sequence[Incoming], out: Checkpoint) -> None:
         works = [(record, _decode(record)) for record in records]
         self.calls.check()
-        steps = await asyncio.gather(*(self._step(record, work) for record, work in works))
+        # Every step ends before a failure fails the attempt: none may run on into the retry.
+        steps = await all_finished([self._step(record, work) for record, work in works])
         for (_, work), step in zip(works, steps, strict=True):
             for outbound in step.outbound:
                 await out.send(outbound.topic, key=outbound.key, value=outbound.value, headers=outbound.headers)

@@ -32,7 +32,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from streams import metrics
 from streams.errors import TargetUnavailable
@@ -42,6 +42,7 @@ from streams.pipeline.outcomes import CallResult, EntityOutcome, Failure, Reques
 from streams.pipeline.sizing import RequestSizer, split
 from streams.records import WorkItem
 from streams.settings import Settings
+from streams.tasks import all_finished
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,7 +96,7 @@ class TargetCalls:
         tally = _REQUESTS.set([0])
         marked = _SUSPECTS.set(suspects)
         try:
-            results = await _all([self._call(body) for body in bodies])
+            results = await all_finished([self._call(body) for body in bodies])
             requests = (_REQUESTS.get() or [0])[0]
         finally:
             _REQUESTS.reset(tally)
@@ -165,7 +166,7 @@ class TargetCalls:
             self._wait_if_open()
         elif fault is RequestFault.REFUSED and len(body) > 1:
             half = len(body) // 2
-            parts = await _all([self._call(body[:half]), self._call(body[half:])])
+            parts = await all_finished([self._call(body[:half]), self._call(body[half:])])
             return parts[0] + parts[1]
         else:  # UNAVAILABLE-like outcomes of entities inside an answered request
             self._success()
@@ -175,7 +176,7 @@ class TargetCalls:
         """A request an entry broke: find the entry, apply the others now."""
         half = len(body) // 2
         parts = (body[:half], body[half:])
-        results = await _all([self._send(part) for part in parts])
+        results = await all_finished([self._send(part) for part in parts])
         suspects = _SUSPECTS.get()
         unsuspected = [item for item in body if item["id"] not in suspects]
         # Entities that each failed alone before fail together now: that says nothing about the
@@ -193,7 +194,7 @@ class TargetCalls:
                 return list(whole([item["id"] for item in body], failure).outcomes)
         metrics.RECORDS.labels(agent="plan-apply", outcome="isolated").inc()
         log.info("request broke the target; isolating its entities", extra={"entities": len(body)})
-        outcomes = await _all([self._after(part, result) for part, result in zip(parts, results, strict=True)])
+        outcomes = await all_finished([self._after(part, result) for part, result in zip(parts, results, strict=True)])
         return outcomes[0] + outcomes[1]
 
     # --- the breaker ---------------------------------------------------------------------------
@@ -250,11 +251,3 @@ def _failed_whole(result: CallResult) -> bool:
     return failure is not None and failure.request in (RequestFault.BROKEN, RequestFault.UNAVAILABLE)
 
 
-async def _all(calls: Sequence[Awaitable[T]]) -> list[T]:
-    """Like asyncio.gather, but every call finishes before the first error is raised, so none
-    is left running unobserved."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return cast(list[T], results)
