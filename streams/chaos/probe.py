@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.chaos.rates import APPLIED, ERRORED, NO_CHANGES, Sample
@@ -32,7 +31,9 @@ from streams.kafka.config import confluent_config
 from streams.kafka.reader import Reader
 from streams.kafka.topics import topic_names
 from streams.models import RunCompleted
+from streams.runs.completions import decode as decode_completion
 from streams.settings import Settings
+from streams.status.collect import lag_by_group
 from streams.target import store as target_store
 from streams.target.faults import Faults
 from streams.target.launch import TargetProcess
@@ -103,11 +104,11 @@ class GroupWatcher:
 def read_all_completions(settings: Settings, timeout: float = 60.0) -> list[RunCompleted]:
     """Every RunCompleted on the topic, from its start to the end offsets seen now."""
     found = []
-    for _, _, value in _read_topic(settings, topic_names(settings).completions, timeout):
-        try:
-            found.append(RunCompleted.model_validate_json(value or b""))
-        except ValueError:
-            continue
+    with Reader(settings, group=f"streams-chaos-{uuid.uuid4().hex[:12]}", eof=True) as reader:
+        for message in reader.to_end(topic_names(settings).completions, idle_timeout=timeout):
+            completed = decode_completion(message)
+            if completed is not None:
+                found.append(completed)
     return found
 
 
@@ -122,32 +123,15 @@ def _read_topic(settings: Settings, topic: str, timeout: float) -> list[tuple[in
 
 
 def unread(settings: Settings) -> dict[str, dict[int, tuple[int, int]]]:
-    """Per topic the workers consume: {partition: (committed offset or -1, end offset)} for every
-    partition whose group committed less than its end. Read after the workers stopped (a clean
-    stop commits what was processed), so a record left here was never processed."""
-    names = topic_names(settings)
-    groups = {settings.app_id: [names.ingest, names.work, names.dlq, names.run_events],
-              f"{settings.app_id}-retry": list(names.retry)}
+    """Per topic the workers consume: {partition: (committed offset, end offset)} for every
+    partition whose group committed less than its end (the lag `streams status` shows). Read
+    after the workers stopped (a clean stop commits what was processed), so a record left here
+    was never processed."""
     behind: dict[str, dict[int, tuple[int, int]]] = {}
-    for group, topics in groups.items():
-        # A consumer that never subscribes does not join the group: it only reads its offsets.
-        consumer = Consumer(confluent_config(settings, **{"group.id": group, "enable.auto.commit": False}))
-        try:
-            for topic in topics:
-                metadata = consumer.list_topics(topic, timeout=settings.kafka_timeout).topics.get(topic)
-                if metadata is None or metadata.error is not None:
-                    continue
-                partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
-                committed = consumer.committed(partitions, timeout=settings.kafka_timeout)
-                for tp in committed:
-                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
-                                                               timeout=settings.kafka_timeout, cached=False)
-                    position = tp.offset if tp.offset >= 0 else low
-                    if position < high:
-                        committed_at = tp.offset if tp.offset >= 0 else -1
-                        behind.setdefault(topic, {})[tp.partition] = (committed_at, high)
-        finally:
-            consumer.close()
+    for lag in lag_by_group(settings, topic_names(settings)):
+        for part in lag.partitions:
+            if part.lag:
+                behind.setdefault(lag.topic, {})[part.partition] = (part.committed, part.end)
     return behind
 
 

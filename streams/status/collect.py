@@ -123,13 +123,20 @@ def _kafka_down(settings: Settings, status: Status, exc: Exception, now: float) 
                                                    str(exc), now)))
 
 
-def _collect_kafka(settings: Settings, names: TopicNames, status: Status) -> None:
+def lag_by_group(settings: Settings, names: TopicNames) -> list[GroupLag]:
+    """Every worker group's committed offsets against the partitions' ends, per topic."""
     by_group: dict[str, list[str]] = {}
     for group, topic in consumed_topics(settings, names):
         by_group.setdefault(group, []).append(topic)
+    found: list[GroupLag] = []
     for group, topics in by_group.items():
         with Reader(settings, group=group) as reader:
-            status.groups += [_lag(reader, group, topic) for topic in topics]
+            found += [_lag(reader, group, topic) for topic in topics]
+    return found
+
+
+def _collect_kafka(settings: Settings, names: TopicNames, status: Status) -> None:
+    status.groups += lag_by_group(settings, names)
     with Reader(settings, eof=True) as reader:
         low, high = _sizes(reader, names.dlq)
         status.dlq_records = high - low
