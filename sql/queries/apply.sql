@@ -3,11 +3,13 @@
 -- name: claim
 -- Rows become APPLYING under this work record's claim: QUEUED rows (fresh or replayed work),
 -- PENDING_RETRY rows routed to exactly this record (see route_to_retry), and this record's own
--- APPLYING rows when it is delivered again after a crash. Nothing else can be taken.
+-- APPLYING rows when it is delivered again after a crash. Nothing else can be taken. The
+-- token is this delivery's: taking a copy's APPLYING rows takes them from that copy.
 UPDATE ingestion_logs
    SET state = 8,
        attempts = CASE WHEN state = 8 THEN attempts ELSE attempts + 1 END,
        claimed_by = %(work_id)b,
+       claim_token = %(token)b,
        updated_at = now()
  WHERE id = ANY(%(ids)b::uuid[])
    AND (state = 1 OR (state IN (8, 9) AND claimed_by = %(work_id)b))
@@ -22,6 +24,16 @@ SELECT id, state, claimed_by, retry_tier, (extract(epoch FROM next_attempt_at) *
  WHERE id = ANY(%(ids)b::uuid[])
    AND ((claimed_by = %(work_id)b AND state IN (3, 5, 6, 7))
         OR (routed_by = %(work_id)b AND state IN (4, 7, 9)));
+
+-- name: hold_claim
+-- First in the settle transaction: lock the rows this delivery claimed, and count those still
+-- under its token. Fewer than it claimed: another delivery of the record took them over and
+-- settles them; this one writes and reports nothing.
+SELECT count(*) FROM (
+    SELECT 1 FROM ingestion_logs
+     WHERE id = ANY(%(ids)b::uuid[]) AND claimed_by = %(work_id)b AND claim_token = %(token)b AND state = 8
+       FOR UPDATE
+) AS held;
 
 -- name: record_outcomes
 -- Each step also goes to the entity's history (0007_entity_events.sql), in the same statement.

@@ -36,7 +36,7 @@ import faust
 import orjson
 
 from streams import metrics
-from streams.db.apply_store import ApplyStore
+from streams.db.apply_store import ApplyStore, Claim, ClaimLost
 from streams.errors import InvalidRecord
 from streams.kafka import headers
 from streams.kafka.checkpoint import Checkpoint
@@ -118,7 +118,13 @@ class PlanApplyAgent:
         await self.process([incoming_from_event(event) for event in events], out)
 
     async def process(self, records: Sequence[Incoming], out: Checkpoint) -> None:
-        works = [(record, _decode(record)) for record in records]
+        # A record sent twice (by a delivery repeated after a crash) can be read twice in one
+        # batch: the first copy does the work, the others are acked with it.
+        firsts: dict[str, tuple[Incoming, WorkRecord]] = {}
+        for record in records:
+            work = _decode(record)
+            firsts.setdefault(work.work_id, (record, work))
+        works = list(firsts.values())
         self.calls.check()
         # Every step ends before a failure fails the attempt: none may run on into the retry.
         steps = await all_finished([self._step(record, work) for record, work in works])
@@ -141,7 +147,16 @@ class PlanApplyAgent:
             suspects = frozenset(work.errors) if record.from_tier else frozenset()
             applied = await self.calls.apply(items, suspects=suspects)
             requests = applied.requests
-            await self._settle(record, work, items, applied.outcomes, step)
+            try:
+                await self._settle(record, work, claim, items, applied.outcomes, step)
+            except ClaimLost:
+                # Another copy of this record (sent twice, or read by a worker that lost the
+                # partition) took the rows over: it settles and reports them, this copy nothing.
+                metrics.RECORDS.labels(agent="plan_apply", outcome="superseded").inc()
+                log.warning("work record superseded by another delivery of it", extra={
+                    "run": work.run_id, "batch": work.batch, "work_id": work.work_id, "topic": record.origin.topic,
+                    "partition": record.origin.partition, "offset": record.origin.offset})
+                return _Step()
         self._report_earlier(record, work, claim.routed, step)
         if record.from_tier:
             # What this record took from its tier: the rows it claimed now or settled before. A
@@ -153,13 +168,13 @@ class PlanApplyAgent:
             "claimed": len(items), "earlier": len(claim.routed), "requests": requests, **dict(step.counts)})
         return step
 
-    async def _settle(self, record: Incoming, work: WorkRecord, items: list[WorkItem],
+    async def _settle(self, record: Incoming, work: WorkRecord, claim: Claim, items: list[WorkItem],
                       outcomes: list[EntityOutcome], step: _Step) -> None:
         now_ms = int(time.time() * 1000)
         routing = route(outcomes, attempt=work.attempt, tiers=self.settings.retry_tiers, now_ms=now_ms,
                         free_retries=free_retries(work))
         out = leaving(work, items, routing, work_record_budget(self.settings))
-        await self.store.settle(work, routing, out.retries, [part for _, part in out.deads], out.again)
+        await self.store.settle(work, claim, routing, out.retries, [part for _, part in out.deads], out.again)
         for state in routing.done_states:
             step.counts[SUCCESS_NAMES[State(state)]] += 1
             metrics.ENTITIES.labels(outcome=SUCCESS_NAMES[State(state)]).inc()

@@ -36,6 +36,12 @@ class RoutedRow:
 class Claim:
     claimed: frozenset[str]  # ids now APPLYING under the record's claim
     routed: tuple[RoutedRow, ...]
+    token: uuid.UUID  # this delivery's (0008_claim_token.sql)
+
+
+class ClaimLost(Exception):
+    """Another delivery of the same work record took over its rows after this one claimed them:
+    that one settles and reports them, this one must leave them alone."""
 
 
 class ApplyStore:
@@ -46,17 +52,25 @@ class ApplyStore:
         """Take the record's rows: QUEUED ones, ones routed to it, its own APPLYING ones after
         a crash; and read back what an earlier delivery of it already settled or routed."""
         ids = [uuid.UUID(item.id) for item in work.items]
+        token = uuid.uuid4()
         async with self.db.transaction() as conn:
-            claimed = await (await conn.execute(Q["claim"], {"work_id": work.work_id, "ids": ids})).fetchall()
+            claimed = await (await conn.execute(Q["claim"], {"work_id": work.work_id, "ids": ids, "token": token})
+                             ).fetchall()
             routed = await (await conn.execute(Q["routed_by_claim"], {"work_id": work.work_id, "ids": ids})).fetchall()
         return Claim(frozenset(str(row[0]) for row in claimed),
-                     tuple(RoutedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in routed))
+                     tuple(RoutedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in routed), token)
 
-    async def settle(self, work: WorkRecord, routing: Routing, retries: dict[int, list[WorkRecord]],
+    async def settle(self, work: WorkRecord, claim: Claim, routing: Routing, retries: dict[int, list[WorkRecord]],
                      deads: list[WorkRecord], again: dict[int, list[WorkRecord]] | None = None) -> None:
         """One transaction: the final states, the rows each retry record (per tier) and each
-        dead letter now holds, and the change sets the target returned."""
+        dead letter now holds, and the change sets the target returned. Raises ClaimLost, writing
+        nothing, when the claim's rows are no longer all under its token."""
         async with self.db.transaction() as conn:
+            ids = [uuid.UUID(i) for i in claim.claimed]
+            held = await (await conn.execute(Q["hold_claim"], {
+                "work_id": work.work_id, "token": claim.token, "ids": ids})).fetchone()
+            if held is None or held[0] != len(claim.claimed):
+                raise ClaimLost(work.work_id)
             await conn.execute(COMMON["prefer_hash_joins"])
             if routing.done_ids:
                 await conn.execute(Q["record_outcomes"], {

@@ -7,11 +7,13 @@ completed. Real Kafka, Postgres, the reference target and `streams worker` proce
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import Producer
 
 from streams.dlq.plan import Destination
 from streams.dlq.replay import ReplayOptions, replay
 from streams.dlq.select import Filters
 from streams.kafka.admin import create_topics
+from streams.kafka.config import confluent_config
 from streams.kafka.topics import topic_names, topology
 from streams.pipeline.outcomes import State
 from streams.records import WorkRecord
@@ -73,3 +75,27 @@ def test_one_replay_of_several_dead_letters_of_one_batch_completes_the_revision(
     assert state_counts(custom, "replayed") == {State.APPLIED: 12}
     wait_for(lambda: rows(custom, "SELECT count(DISTINCT claimed_by) FROM ingestion_logs")[0][0] == 2,
              timeout=10, what="two replayed records, two claims")
+
+
+def test_a_retry_record_read_three_times_at_once_is_applied_and_counted_once(
+        pipeline: Settings, workers: Workers, target: TargetProcess) -> None:
+    # What a crash between sending a retry record and acking its parent leaves: copies of one
+    # record. Here one lies next to it (same batch) and one on the other tier (read at the same
+    # time by another task); all fall due together. Every entity's first two receipts fail and
+    # each request takes a second, so the copies apply at once and see different outcomes.
+    custom = pipeline.model_copy(update={"retry_tiers": (5.0, 6.0)})
+    create_topics(custom, topology(custom))
+    target.set_faults(Faults(fail_first=2, latency_ms=1000))
+    workers.start(custom)
+    send_run(custom, "copies", _sites(10, "cp"), batch_size=10)
+    names = topic_names(custom)
+    [record] = consume_all(custom, names.retry[0], expect=1, timeout=30)
+    producer = Producer(confluent_config(custom, acks="all"))
+    for topic, partition in ((names.retry[0], record.partition()), (names.retry[1], 0)):
+        producer.produce(topic, key=record.key(), value=record.value(), headers=record.headers(), partition=partition)
+    assert producer.flush(10) == 0
+    completed = wait_for_completion(custom, "copies", timeout=90)
+    assert (completed.status, completed.entities.applied, completed.entities.errored) == ("succeeded", 10, 0)
+    assert state_counts(custom, "copies") == {State.APPLIED: 10}
+    outcomes = rows(custom, "SELECT count(*) FROM entity_events WHERE step = 'outcome' GROUP BY entity_id")
+    assert [n for (n,) in outcomes] == [1] * 10  # one delivery settled each entity
