@@ -75,16 +75,23 @@ def rate(samples: Sequence[Sample], start: float, end: float) -> float | None:
     return (inside[-1].final - inside[0].final) / (inside[-1].at - inside[0].at)
 
 
-def busy_rate(samples: Sequence[Sample], start: float, end: float) -> tuple[float | None, float]:
+Window = tuple[float, float]  # (from, until), epoch seconds
+
+
+def busy_rate(samples: Sequence[Sample], start: float, end: float,
+              left_out: Sequence[Window] = ()) -> tuple[float | None, float]:
     """(entities final per second of busy time, busy seconds) between `start` and `end`.
 
     Busy time is every interval between two samples that began with backlog: the pipeline had
     work it could do. Idle time (nothing sent yet, or only retries waiting for their tier) is
     left out, so the rate is the pipeline's capacity however the work arrived. A stall with
     backlog (partitions without an owner, Postgres down) is busy time with no progress.
+    Intervals that touch a window of `left_out` do not count at all.
     """
     busy = done = 0.0
     for first, second in _pairs(samples, start, end):
+        if any(first.at < until and second.at > since for since, until in left_out):
+            continue
         if first.backlog > 0:
             busy += second.at - first.at
             done += second.final - first.final
@@ -96,6 +103,18 @@ def unsettled_group(samples: Sequence[Sample], start: float, end: float, members
     members (rebalancing, waiting for a dead member's session to expire, or broker down)."""
     return sum(second.at - first.at for first, second in _pairs(samples, start, end)
                if first.group != "STABLE" or first.members != members)
+
+
+def restart_windows(samples: Sequence[Sample], restarts: Sequence[Window], members: int) -> list[Window]:
+    """The time each service restart stopped everyone: from its start until the service was
+    back and the workers' group stable at full size again (or until it was back, when the
+    samples never show that). No number of surviving workers can progress then, so this time
+    is the restart's, not the kills'."""
+    windows = []
+    for since, back in restarts:
+        stable = next((s.at for s in samples if s.at >= back and s.group == "STABLE" and s.members == members), back)
+        windows.append((since, stable))
+    return windows
 
 
 def without_lost(samples: Sequence[Sample], sizes: Sequence[int], lost: Sequence[int]) -> list[Sample]:
@@ -130,21 +149,30 @@ class Throughput:
     measurable: bool  # enough busy time on both sides for the ratio to mean something
     settle_seconds: float | None  # from the end of the disturbance to everything settled
     unsettled_group: float  # seconds of the disturbance with the group not STABLE at full size
+    restarts_seconds: float = 0.0  # of the disturbance, left out of `disturbed` (restart_windows)
+    with_restarts: float | None = None  # the disturbance's busy-time rate with them counted
 
 
 def throughput(samples: Sequence[Sample], *, steady_from: float | None, disturbed_from: float | None,
                disturbed_until: float | None, settled_at: float | None, members: int,
-               min_busy: float) -> Throughput:
-    """Busy-time rates before and during the disturbance, their ratio, and the time to settle."""
-    steady = disturbed = ratio = None
-    steady_busy = disturbed_busy = unsettled = 0.0
+               min_busy: float, restarts: Sequence[Window] = ()) -> Throughput:
+    """Busy-time rates before and during the disturbance, their ratio, and the time to settle.
+    The disturbed rate leaves out the service restarts (`restarts`: when each began and was
+    back), also shown with them counted."""
+    steady = disturbed = ratio = with_restarts = None
+    steady_busy = disturbed_busy = unsettled = restarts_seconds = 0.0
     if steady_from is not None and disturbed_from is not None:
         steady, steady_busy = busy_rate(samples, steady_from, disturbed_from)
     if disturbed_from is not None and disturbed_until is not None:
-        disturbed, disturbed_busy = busy_rate(samples, disturbed_from, disturbed_until)
+        windows = restart_windows(samples, restarts, members)
+        disturbed, disturbed_busy = busy_rate(samples, disturbed_from, disturbed_until, windows)
+        with_restarts, _ = busy_rate(samples, disturbed_from, disturbed_until)
+        restarts_seconds = sum(min(until, disturbed_until) - max(since, disturbed_from) for since, until in windows
+                               if until > disturbed_from and since < disturbed_until)
         unsettled = unsettled_group(samples, disturbed_from, disturbed_until, members)
     if steady and disturbed is not None:
         ratio = disturbed / steady
     settle = settled_at - disturbed_until if settled_at is not None and disturbed_until is not None else None
     measurable = ratio is not None and disturbed_busy >= min_busy and steady_busy >= MIN_STEADY_BUSY
-    return Throughput(steady, steady_busy, disturbed, disturbed_busy, ratio, measurable, settle, unsettled)
+    return Throughput(steady, steady_busy, disturbed, disturbed_busy, ratio, measurable, settle, unsettled,
+                      restarts_seconds, with_restarts)

@@ -154,6 +154,8 @@ class _Trial:
         self.phase = "prepare"
         self.background: list[tuple[str, Future[str]]] = []  # (kind, work) in another thread
         self.restart_notes: list[str] = []
+        self.restart_began: dict[str, float] = {}  # kind of restart in progress → when it began
+        self.restarts: list[rates.Window] = []  # (began, back) of each finished restart
         self.broker_restarts = self.postgres_restarts = 0
         self.database = self.target_database = ""
         self.fleet: Fleet | None = None
@@ -195,6 +197,7 @@ class _Trial:
                 note = f"{kind} failed: {type(exc).__name__}: {exc}"
             if kind != "send":
                 self.restart_notes.append(note)
+                self.restarts.append((self.restart_began.pop(kind), time.time()))
             self.note(note)
 
     def _wait(self, until: float) -> None:
@@ -338,7 +341,7 @@ class _Trial:
             samples = rates.without_lost(samples, sizes, lost)
         speed = rates.throughput(samples, steady_from=steady_from, disturbed_from=disturbed_from,
                                 disturbed_until=disturbed_until, settled_at=settled_at,
-                                members=config.workers, min_busy=config.kill_max)
+                                members=config.workers, min_busy=config.kill_max, restarts=self.restarts)
         done = Disturbance(
             worker_kills=self.fleet.kills if self.fleet else 0,
             worker_crashes=self.fleet.crashes if self.fleet else 0,
@@ -424,10 +427,12 @@ class _Trial:
             elif what == "broker":
                 self.broker_restarts += 1
                 self.note("restarting the broker (kill -9)")
+                self.restart_began["broker restart"] = time.time()
                 self.background.append(("broker restart", background.submit(self.services.restart_kafka)))
             elif what == "postgres":
                 self.postgres_restarts += 1
                 self.note("restarting Postgres (fast shutdown)")
+                self.restart_began["Postgres restart"] = time.time()
                 restarting = background.submit(self.services.restart_postgres)
                 self.background.append(("Postgres restart", restarting))
             elif what == "outage" and number:

@@ -266,8 +266,11 @@ def _expected_errored(e: Evidence) -> Check:
 def _throughput(speed: Throughput, scenario: Scenario) -> Check:
     during = "during kills" if scenario == "kills" else "during the outage"
     rates = (f"steady {_fmt(speed.steady)}/s over {speed.steady_busy:.0f}s busy, {during} "
-             f"{_fmt(speed.disturbed)}/s over {speed.disturbed_busy:.0f}s busy; "
-             f"group not stable at full size {speed.unsettled_group:.0f}s; ")
+             f"{_fmt(speed.disturbed)}/s over {speed.disturbed_busy:.0f}s busy")
+    if speed.restarts_seconds:
+        rates += (f" (service restarts left out: {speed.restarts_seconds:.0f}s from each one's start until the "
+                  f"group was stable again; {_fmt(speed.with_restarts)}/s with them)")
+    rates += f"; group not stable at full size {speed.unsettled_group:.0f}s; "
     if scenario == "outage":
         return Check("throughput", None, f"{_fmt(speed.disturbed)}/s during the outage",
                      rates + f"settled {_seconds(speed.settle_seconds)} after the outage")

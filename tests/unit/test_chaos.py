@@ -304,3 +304,17 @@ def test_the_ratio_is_shown_rounded_down() -> None:
     assert verdicts.ratio_text(0.4956) == "0.49"
     assert verdicts.ratio_text(0.29) == "0.29"
     assert verdicts.ratio_text(0.5) == "0.50"
+
+
+def test_a_service_restart_is_left_out_of_the_kills_rate_until_the_group_is_stable_again() -> None:
+    steady = [sample(t, 100 * t, queued=1) for t in range(0, 41, 2)]  # 100/s
+    # From 60 the broker is down, back at 70, the group stable again at 76: no progress.
+    kills = [sample(40 + t, 4000 + 60 * min(t, 20) + 60 * max(0, t - 36), queued=1,
+                    group="STABLE" if not 20 <= t < 36 else "UNKNOWN") for t in range(2, 61, 2)]
+    speed = rates.throughput(steady + kills, steady_from=0.0, disturbed_from=40.0, disturbed_until=100.0,
+                            settled_at=None, members=3, min_busy=30.0, restarts=[(60.0, 70.0)])
+    assert speed.disturbed == pytest.approx(60.0)
+    assert speed.restarts_seconds == 16.0
+    assert speed.with_restarts is not None and speed.with_restarts < 45.0
+    assert rates.restart_windows(kills, [(60.0, 70.0)], members=3) == [(60.0, 76.0)]
+    assert rates.restart_windows(kills[:12], [(60.0, 70.0)], members=3) == [(60.0, 70.0)]  # never stable again
