@@ -40,7 +40,7 @@ class TrialConfig:
     retry_tiers: tuple[float, ...] = (5.0, 10.0, 20.0)
     restart_services: bool = True
     session_timeout: float | None = None  # faust/aiokafka and tier consumer session, seconds
-    static_membership: bool = False
+    static_membership: bool = True  # as a deployment with stable worker names runs (README: Failover)
     spread: bool = True  # runs 1.. sent during the disturbance; False: every run up front
     keep: bool = False  # keep a passed trial's databases and topics (a failed one's are always kept)
     seed: int = 0

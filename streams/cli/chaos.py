@@ -54,8 +54,10 @@ def _opt(name: str, help_text: str):  # type: ignore[no-untyped-def]
 
 _SESSION_HELP = ("Consumer group session timeout given to the workers, seconds (STREAMS_SESSION_TIMEOUT); "
                  "unset: the workers' own setting (15 s by default).")
-_STATIC_HELP = ("Give each worker slot a group.instance.id (STREAMS_INSTANCE_ID), so the "
-                "replacement of a killed worker takes over its partitions without a rebalance.")
+_STATIC_HELP = ("Give each worker slot a group.instance.id (STREAMS_INSTANCE_ID), as a deployment with "
+                "stable worker names should, so the replacement of a killed worker takes over its partitions "
+                "without a rebalance. --no-static-membership: every kill makes the whole group rebalance "
+                "(aiokafka's rebalances stop every member) and wait up to the session timeout for the dead one.")
 _SPREAD_HELP = ("Send run 0 before the steady phase and the other runs during the kill phase or outage, so "
                 "it meets busy workers; --no-spread: every run up front.")
 
@@ -82,7 +84,7 @@ def chaos_command(
     stall_timeout: Annotated[float, _opt("STALL_TIMEOUT", "Stop waiting when nothing changed this long, "
                                          "seconds.")] = 420.0,
     session_timeout: Annotated[float | None, _opt("SESSION_TIMEOUT", _SESSION_HELP)] = None,
-    static_membership: Annotated[bool, _opt("STATIC_MEMBERSHIP", _STATIC_HELP)] = False,
+    static_membership: Annotated[bool, _opt("STATIC_MEMBERSHIP", _STATIC_HELP)] = True,
     spread: Annotated[bool, _opt("SPREAD", _SPREAD_HELP)] = True,
     keep: Annotated[bool, _opt("KEEP", "Keep a passed trial's databases and topics too (a failed "
                               "trial's are always kept, for inspection).")] = False,
