@@ -136,6 +136,10 @@ class Settings(BaseSettings):
         15.0, ge=6.0, le=300.0,
         description="How soon the group gives a silent worker's partitions to the others (Kafka's minimum is 6 s).",
     )
+    startup_wait: Duration = Field(
+        300.0, description="How long a starting worker waits for the Kafka cluster to answer before it gives up "
+                           "(a worker started during a broker outage waits instead of crash-looping).",
+    )
     instance_id: str | None = Field(
         None, pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="Static group membership (group.instance.id): a worker restarted under the same id gets its "

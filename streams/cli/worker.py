@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from streams.cli.context import Context, fail, run_guarded
+from streams.kafka.admin import wait_for_cluster
 
 
 def worker(
@@ -25,6 +26,9 @@ def worker(
         module = importlib.import_module(f"topologies.{topology}")
     except ModuleNotFoundError:
         fail(f"STREAMS_TOPOLOGY: no topology named {topology!r} in topologies/")
+    # faust exits when the broker does not answer at start: wait for it here instead, so a
+    # worker started during a broker outage (or restarted by a supervisor) is ready when it is back.
+    run_guarded(wait_for_cluster, settings, settings.startup_wait)
     faust_app = run_guarded(module.build, settings)
     # The C event loop; aiokafka, psycopg and httpx all run on it. Installed before faust
     # creates its loop.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from streams.errors import TopicError
+from streams.errors import KafkaUnavailable, TopicError
 from streams.kafka.config import confluent_config
 from streams.kafka.topics import TopicSpec
 from streams.settings import Settings
@@ -46,6 +46,25 @@ def existing_topics(admin: AdminClient, timeout: float) -> dict[str, int]:
     except KafkaException as exc:
         raise TopicError(f"cannot read topic metadata: {exc.args[0]}") from exc
     return {name: len(meta.partitions) for name, meta in metadata.topics.items()}
+
+
+def wait_for_cluster(settings: Settings, patience: float, *, every: float = 5.0) -> float:
+    """Return once the cluster answers a metadata request (seconds waited); raise
+    KafkaUnavailable after `patience` seconds of silence. Logs while it waits."""
+    admin = admin_client(settings)
+    began = time.monotonic()
+    while True:
+        try:
+            admin.list_topics(timeout=min(settings.kafka_timeout, every))
+            return time.monotonic() - began
+        except KafkaException as exc:
+            waited = time.monotonic() - began
+            if waited >= patience:
+                raise KafkaUnavailable(f"the Kafka cluster did not answer in {patience:.0f}s "
+                                       f"(STREAMS_STARTUP_WAIT): {exc.args[0]}") from exc
+            log.warning("waiting for the Kafka cluster",
+                        extra={"waited_s": round(waited, 1), "error": str(exc.args[0])})
+            time.sleep(min(1.0, max(0.0, patience - waited)))
 
 
 def create_topics(settings: Settings, specs: list[TopicSpec]) -> dict[str, str]:
