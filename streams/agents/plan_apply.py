@@ -152,7 +152,7 @@ class PlanApplyAgent:
             except ClaimLost:
                 # Another copy of this record (sent twice, or read by a worker that lost the
                 # partition) took the rows over: it settles and reports them, this copy nothing.
-                metrics.RECORDS.labels(agent="plan_apply", outcome="superseded").inc()
+                metrics.RECORDS.labels(agent="plan-apply", outcome="superseded").inc()
                 log.warning("work record superseded by another delivery of it", extra={
                     "run": work.run_id, "batch": work.batch, "work_id": work.work_id, "topic": record.origin.topic,
                     "partition": record.origin.partition, "offset": record.origin.offset})
