@@ -46,10 +46,6 @@ class TargetUnavailable(StreamsError):
         self.retry_in = retry_in
 
 
-class KafkaUnavailable(StreamsError):
-    """The Kafka cluster did not answer for as long as we were willing to wait."""
-
-
 class DatabaseUnavailable(StreamsError):
     """Postgres is down, restarting, out of connections, or gave up on a statement (deadlock,
     serialization, timeout): nothing about the record; the same work succeeds later."""

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from streams.errors import KafkaUnavailable, TopicError
+from streams.errors import TopicError
 from streams.kafka.config import confluent_config
+from streams.kafka.reader import KafkaUnavailable
 from streams.kafka.topics import TopicSpec
 from streams.settings import Settings
 
