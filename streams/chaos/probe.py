@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
+from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 
 from streams.chaos.rates import APPLIED, ERRORED, NO_CHANGES, Sample
@@ -103,20 +104,15 @@ class GroupWatcher:
 
 def read_all_completions(settings: Settings, timeout: float = 60.0) -> list[RunCompleted]:
     """Every RunCompleted on the topic, from its start to the end offsets seen now."""
-    found = []
-    with Reader(settings, group=f"streams-chaos-{uuid.uuid4().hex[:12]}", eof=True) as reader:
-        for message in reader.to_end(topic_names(settings).completions, idle_timeout=timeout):
-            completed = decode_completion(message)
-            if completed is not None:
-                found.append(completed)
-    return found
+    messages = _read_topic(settings, topic_names(settings).completions, timeout)
+    found = (decode_completion(message) for message in messages)
+    return [completed for completed in found if completed is not None]
 
 
-def _read_topic(settings: Settings, topic: str, timeout: float) -> list[tuple[int, int, bytes | None]]:
-    """(partition, offset, value) of every record of `topic`, up to the end offsets seen now."""
+def _read_topic(settings: Settings, topic: str, timeout: float) -> list[Message]:
+    """Every record of `topic`, up to the end offsets seen now."""
     with Reader(settings, group=f"streams-chaos-{uuid.uuid4().hex[:12]}", eof=True) as reader:
-        return [(message.partition() or 0, message.offset() or 0, message.value())
-                for message in reader.to_end(topic, idle_timeout=timeout)]
+        return list(reader.to_end(topic, idle_timeout=timeout))
 
 
 # --- what the consumer groups left unread ----------------------------------------------------
@@ -139,13 +135,14 @@ def ingest_positions(settings: Settings, timeout: float = 60.0) -> dict[tuple[st
     """(run_id, batch) → (partition, offset) of every batch record on the ingest topic."""
     topic = topic_names(settings).ingest
     positions: dict[tuple[str, int], tuple[int, int]] = {}
-    for partition, offset, value in _read_topic(settings, topic, timeout):
+    for message in _read_topic(settings, topic, timeout):
         try:
-            record = orjson.loads(value or b"")
+            record = orjson.loads(message.value() or b"")
         except orjson.JSONDecodeError:
             continue
         if isinstance(record, dict) and record.get("kind") == "batch":
-            positions[(str(record.get("run_id")), int(record.get("batch", -1)))] = (partition, offset)
+            positions[(str(record.get("run_id")), int(record.get("batch", -1)))] = (
+                message.partition() or 0, message.offset() or 0)
     return positions
 
 
@@ -177,9 +174,9 @@ def audit_run_events(settings: Settings, database: str, runs: Iterable[str]) -> 
     seen: set[str] = set()
     sealed: dict[str, int] = {}
     events: dict[tuple[str, int], dict[str, int]] = {}
-    for _, _, value in _read_topic(settings, topic_names(settings).run_events, 120.0):
+    for message in _read_topic(settings, topic_names(settings).run_events, 120.0):
         try:
-            event = orjson.loads(value or b"")
+            event = orjson.loads(message.value() or b"")
         except orjson.JSONDecodeError:
             continue
         if event.get("run_id") not in wanted or event.get("event_id") in seen:

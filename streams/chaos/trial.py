@@ -152,9 +152,9 @@ class _Trial:
         self.sent = 0  # entities handed to the producer so far
         self.hashes: set[bytes] = set()
         self.phase = "prepare"
-        self.background: list[tuple[str, Future[str]]] = []  # (kind, work) in another thread
+        # (kind, when it began, work) in another thread
+        self.background: list[tuple[str, float, Future[str]]] = []
         self.restart_notes: list[str] = []
-        self.restart_began: dict[str, float] = {}  # kind of restart in progress → when it began
         self.restarts: list[rates.Window] = []  # (began, back) of each finished restart
         self.broker_restarts = self.postgres_restarts = 0
         self.database = self.target_database = ""
@@ -188,16 +188,16 @@ class _Trial:
 
     def _collect(self) -> None:
         """Notes of finished background work (sends, service restarts)."""
-        for item in [item for item in self.background if item[1].done()]:
+        for item in [item for item in self.background if item[2].done()]:
             self.background.remove(item)
-            kind, future = item
+            kind, began, future = item
             try:
                 note = future.result()
             except Exception as exc:  # noqa: BLE001 - reported, the trial goes on
                 note = f"{kind} failed: {type(exc).__name__}: {exc}"
             if kind != "send":
                 self.restart_notes.append(note)
-                self.restarts.append((self.restart_began.pop(kind), time.time()))
+                self.restarts.append((began, time.time()))
             self.note(note)
 
     def _wait(self, until: float) -> None:
@@ -422,21 +422,19 @@ class _Trial:
         for at, what, number in actions:
             self._wait(start + at)
             if what == "send":
-                self.background.append(("send", background.submit(self.send, producer, number)))
+                self.background.append(("send", time.time(), background.submit(self.send, producer, number)))
             elif what == "kill":
                 assert self.fleet is not None
                 self.note(self.fleet.kill(rng))
             elif what == "broker":
                 self.broker_restarts += 1
                 self.note("restarting the broker (kill -9)")
-                self.restart_began["broker restart"] = time.time()
-                self.background.append(("broker restart", background.submit(self.services.restart_kafka)))
+                self.background.append(("broker restart", time.time(), background.submit(self.services.restart_kafka)))
             elif what == "postgres":
                 self.postgres_restarts += 1
                 self.note("restarting Postgres (fast shutdown)")
-                self.restart_began["Postgres restart"] = time.time()
                 restarting = background.submit(self.services.restart_postgres)
-                self.background.append(("Postgres restart", restarting))
+                self.background.append(("Postgres restart", time.time(), restarting))
             elif what == "outage" and number:
                 self.target.set_faults(self.config.faults().model_copy(update={"outage": True}))
                 self.note(f"target outage: 503 to everything for {self.config.outage:.0f}s")
